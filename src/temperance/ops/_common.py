@@ -1,0 +1,103 @@
+"""Shared plumbing for the ops: knob columns, history tensors, softmax over finite entries.
+
+Every op takes dense logits ``[B, V]`` first. A knob is a Python scalar (same for every row) or a
+``[B]`` tensor. The public op validates, copies and calls the in-place kernel ``_name_``; the chain
+calls the kernels directly on its own working tensor (which it owns, so writing in place is safe).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from ..errors import TemperanceError
+from ..params import KNOBS, check_knob
+
+NEG_INF = float("-inf")
+
+
+def check_logits(logits: Tensor) -> None:
+    if not isinstance(logits, Tensor) or logits.dim() != 2 or not logits.is_floating_point():
+        shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+        raise TemperanceError(f"logits must be a floating-point [B, V] tensor, got {shape}")
+
+
+def knob(name: str, value, logits: Tensor) -> float | Tensor:
+    """Validate a knob given to a public op; return a float/int or a ``[B]`` tensor."""
+    if isinstance(value, Tensor):
+        B = logits.shape[0]
+        if value.dim() != 1 or value.shape[0] != B:
+            raise TemperanceError(f"{name} must be a scalar or a [B] tensor with B={B}, "
+                                  f"got shape {tuple(value.shape)}")
+        for v in set(value.tolist()):  # host check: this is the public, validating entry point
+            check_knob(name, v)
+        return value
+    return check_knob(name, value)
+
+
+def col(value, x: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+    """A knob as a ``[B, 1]`` column on x's device (scalars broadcast)."""
+    dtype = dtype or x.dtype
+    if isinstance(value, Tensor):
+        return value.to(device=x.device, dtype=dtype).view(-1, 1)
+    return torch.full((x.shape[0], 1), value, dtype=dtype, device=x.device)
+
+
+def is_neutral(name: str, value) -> bool:
+    """Host-side: is a scalar knob at its neutral value (so the op may return at once)?"""
+    return not isinstance(value, Tensor) and value == KNOBS[name].neutral
+
+
+def as_history(history, B: int, device: torch.device) -> Tensor:
+    """Token history as a ``[B, L]`` int64 tensor, right-aligned (newest token last), -1 padded.
+
+    Accepts a list of token-id lists (one per row) or a ``[B, L]`` tensor padded with -1 on the
+    left. A tensor padded on the right (real tokens after -1) is rejected: the newest token must be
+    in the last column, because windows ("the last n tokens") are taken from the right.
+    """
+    if isinstance(history, Tensor):
+        if history.dim() != 2 or history.shape[0] != B:
+            raise TemperanceError(f"history must be [B, L] with B={B}, got {tuple(history.shape)}")
+        h = history.to(device=device, dtype=torch.int64)
+        seen = (h >= 0).to(torch.int8).cummax(dim=1).values.bool()
+        if bool((seen & (h < 0)).any()):
+            raise TemperanceError("history tensor must be padded with -1 on the left only "
+                                  "(newest token in the last column)")
+        return h
+    if len(history) != B:
+        raise TemperanceError(f"history must have one token list per row (B={B}), got {len(history)}")
+    L = max((len(r) for r in history), default=0)
+    h = torch.full((B, L), -1, dtype=torch.int64)
+    for i, row in enumerate(history):
+        if len(row):
+            h[i, L - len(row):] = torch.as_tensor(list(row), dtype=torch.int64)
+    if bool((h < -1).any()):
+        raise TemperanceError("history token ids must be >= 0")
+    return h.to(device)
+
+
+def finite_softmax(x: Tensor) -> Tensor:
+    """softmax over the finite entries of each row (masked entries get probability 0)."""
+    return torch.softmax(x, dim=-1)  # exp(-inf - max) = 0; rows always hold >= 1 finite entry
+
+
+def keep_top_if_empty(x: Tensor, keep: Tensor) -> Tensor:
+    """Make sure every row keeps at least its most likely token (min_keep = 1)."""
+    top = x.argmax(dim=-1, keepdim=True)
+    return keep.scatter(1, top, True)
+
+
+def mask_(x: Tensor, keep: Tensor) -> Tensor:
+    """Truncation is masking: set every entry not kept to -inf, in place."""
+    return x.masked_fill_(~keep, NEG_INF)
+
+
+def stable_sort_desc(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Sort each row by value descending; ties keep position order (= token-id order)."""
+    return torch.sort(x, dim=-1, descending=True, stable=True)
+
+
+def rows_of(value, active: Sequence[bool]) -> list[int]:
+    return [i for i, a in enumerate(active) if a]

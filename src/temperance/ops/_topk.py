@@ -1,0 +1,37 @@
+"""Exact top-k values/indices without a full pass of `torch.topk` over the vocabulary.
+
+`torch.topk` on CPU materialises (value, index) pairs for the whole row; at B = 64, V = 128k it
+costs ~6x one read of the logits. Instead: take the maximum of every chunk of 128 logits (one cheap
+pass), find the k-th largest chunk maximum t0, and run `torch.topk` only on the chunks whose maximum
+is >= t0. Exact: k chunks have a maximum >= t0, so the k-th largest logit is >= t0, and every logit
+>= t0 lies in a selected chunk. The speed relies on large values being spread across chunks (true
+for LM logits and random data); a worst case only costs more, never changes the result.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+CHUNK = 128
+
+
+def chunked_topk(x: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """``torch.topk(x, k)`` (sorted, descending) computed on the candidate chunks only."""
+    B, V = x.shape
+    C = V // CHUNK
+    if k * 8 > C or not x.is_contiguous():
+        return torch.topk(x, min(k, V), dim=-1)
+    cmax = x[:, : C * CHUNK].view(B, C, CHUNK).amax(-1)  # [B, C]
+    if V % CHUNK:
+        cmax = torch.cat([cmax, x[:, C * CHUNK:].amax(-1, keepdim=True)], dim=1)
+    t0 = torch.topk(cmax, k, dim=-1).values[:, -1:]  # [B, 1] k-th largest chunk max
+    sel = cmax >= t0
+    n = int(sel.sum(-1).max())
+    chunks = torch.argsort((~sel).to(torch.int8), dim=-1, stable=True)[:, :n]  # [B, n]
+    idx = (chunks.unsqueeze(-1) * CHUNK + torch.arange(CHUNK, device=x.device)).view(B, -1)
+    inside = idx < V
+    idx = idx.clamp_(max=V - 1)
+    g = x.gather(1, idx).masked_fill_(~inside, float("-inf"))
+    v, j = torch.topk(g, k, dim=-1)
+    return v, idx.gather(1, j)

@@ -1,0 +1,78 @@
+"""Repetition, frequency and presence penalties over the recent context.
+
+Counts are taken over the last ``penalty_last_n`` tokens of prompt + output (64 by default, as
+llama.cpp; -1 = the whole context, 0 = off). Then, for every token seen:
+
+* ``repetition_penalty`` θ (neutral 1.0; CTRL, Keskar et al. 2019): a positive logit is divided by
+  θ, a negative one multiplied by θ — once per distinct token, whatever its count;
+* ``frequency_penalty`` α_f and ``presence_penalty`` α_p (neutral 0; OpenAI):
+  ``l −= count·α_f + [count > 0]·α_p``, after the repetition penalty.
+
+Only the B·L history entries are touched (a gather and a scatter), never the whole vocabulary.
+
+>>> import torch
+>>> x = torch.tensor([[2.0, -1.0, 1.0, 0.5]])
+>>> penalties(x, history=[[0, 1, 0]], repetition_penalty=2.0, presence_penalty=0.5)
+tensor([[ 0.5000, -2.5000,  1.0000,  0.5000]])
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ._common import as_history, check_logits, col, is_neutral, knob
+
+
+def window(history: Tensor, last_n) -> Tensor:
+    """``[B, W]`` view of the last n tokens per row (-1 outside a row's window); n=-1: all."""
+    B, L = history.shape
+    n = col(last_n, history, torch.int64)
+    n = torch.where(n < 0, L, n)
+    W = int(n.max()) if B else 0
+    h = history[:, L - min(W, L):]
+    start = h.shape[1] - n  # [B, 1]: first column inside each row's window
+    pos = torch.arange(h.shape[1], device=h.device)
+    return h.masked_fill(pos < start, -1)
+
+
+def token_counts(h: Tensor) -> Tensor:
+    """For every entry of ``h`` [B, W] the number of times its token occurs in its row."""
+    s, _ = torch.sort(h, dim=-1)
+    return (torch.searchsorted(s, h, right=True) - torch.searchsorted(s, h, right=False))
+
+
+def _penalties_(x: Tensor, history: Tensor, repetition_penalty, frequency_penalty,
+                presence_penalty, penalty_last_n) -> Tensor:
+    h = window(history, penalty_last_n)
+    valid = h >= 0
+    if not bool(valid.any()):
+        return x
+    counts = token_counts(h).to(x.dtype)
+    tok = h.clamp(min=0)
+    old = x.gather(1, tok)
+    theta = col(repetition_penalty, x)
+    new = torch.where(old > 0, old / theta, old * theta)
+    new = new - counts * col(frequency_penalty, x) - col(presence_penalty, x)
+    off = col(penalty_last_n, x, torch.int64) == 0
+    new = torch.where(off, old, new)
+    rows = torch.arange(x.shape[0], device=x.device).view(-1, 1).expand_as(tok)
+    # Duplicates of a token in a row write the same value, so the scatter order does not matter.
+    x[rows[valid], tok[valid]] = new[valid]
+    return x
+
+
+def penalties(logits: Tensor, *, history, repetition_penalty=1.0, frequency_penalty=0.0,
+              presence_penalty=0.0, penalty_last_n=64) -> Tensor:
+    """Penalise tokens seen in the last ``penalty_last_n`` tokens of ``history``."""
+    check_logits(logits)
+    args = [knob(n, v, logits) for n, v in (
+        ("repetition_penalty", repetition_penalty), ("frequency_penalty", frequency_penalty),
+        ("presence_penalty", presence_penalty), ("penalty_last_n", penalty_last_n))]
+    x = logits.clone()
+    if all(is_neutral(n, v) for n, v in zip(
+            ("repetition_penalty", "frequency_penalty", "presence_penalty"), args[:3])):
+        return x
+    if not isinstance(args[3], Tensor) and args[3] == 0:
+        return x
+    return _penalties_(x, as_history(history, x.shape[0], x.device), *args)

@@ -1,0 +1,38 @@
+"""Quadratic / cubic "smoothing" sampling (kalomaze; text-generation-webui, KoboldCpp).
+
+With Δ = l − l_max ≤ 0, factor f = ``smoothing_factor`` (0 = off, neutral) and curve
+c = ``smoothing_curve`` in [1, 3] (1 = pure quadratic)::
+
+    l' = l_max − k·f·Δ² + s·f·Δ³,   k = (3 − c)/2,  s = (c − 1)/2
+
+The top token is unchanged; gaps smaller than 1/f shrink (near-top tokens come closer), larger gaps
+grow (the tail is suppressed). Masked (−inf) entries stay masked.
+
+>>> import torch
+>>> smoothing(torch.tensor([[2.0, 1.0, 0.0]]), smoothing_factor=0.5)
+tensor([[2.0000, 1.5000, 0.0000]])
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ._common import check_logits, col, is_neutral, knob
+
+
+def _smoothing_(x: Tensor, smoothing_factor, smoothing_curve) -> Tensor:
+    f, c = col(smoothing_factor, x), col(smoothing_curve, x)
+    m = x.amax(-1, keepdim=True)
+    d = x - m
+    y = m - (3 - c) / 2 * f * d * d + (c - 1) / 2 * f * d * d * d
+    return x.copy_(torch.where(torch.isfinite(x) & (f > 0), y, x))
+
+
+def smoothing(logits: Tensor, *, smoothing_factor=0.0, smoothing_curve=1.0) -> Tensor:
+    """Apply the quadratic/cubic transform around each row's maximum."""
+    check_logits(logits)
+    smoothing_factor = knob("smoothing_factor", smoothing_factor, logits)
+    smoothing_curve = knob("smoothing_curve", smoothing_curve, logits)
+    x = logits.clone()
+    return x if is_neutral("smoothing_factor", smoothing_factor) else _smoothing_(x, smoothing_factor, smoothing_curve)

@@ -1,0 +1,53 @@
+"""Top-k: keep the k most likely tokens.
+
+``top_k`` (neutral 0 = off; k >= V is off too) keeps exactly k tokens: the k largest logits, ties
+at the boundary broken by lower token id (llama.cpp cuts by rank; HF would keep every tied token).
+(Fan et al. 2018, "Hierarchical Neural Story Generation".)
+
+>>> import torch
+>>> top_k(torch.tensor([[1.0, 3.0, 2.0, 3.0]]), top_k=2)
+tensor([[-inf, 3., -inf, 3.]])
+>>> top_k(torch.tensor([[1.0, 2.0, 2.0, 2.0]]), top_k=2)   # tie at the boundary: lower ids win
+tensor([[-inf, 2., 2., -inf]])
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ._common import NEG_INF, check_logits, col, is_neutral, knob
+from ._topk import chunked_topk
+
+
+def _top_k_(x: Tensor, top_k) -> Tensor:
+    B, V = x.shape
+    k = col(top_k, x, torch.int64)  # [B, 1]
+    k = torch.where((k <= 0) | (k >= V), V, k)
+    kmax = int(k.max())
+    if kmax >= V:
+        if bool((k >= V).all()):
+            return x
+        kmax = V
+    vals, _ = chunked_topk(x, min(kmax + 1, V))
+    vals = torch.cat([vals, vals.new_full((B, 1), NEG_INF)], dim=1)  # so k == V can index
+    kth = vals.gather(1, k - 1)                 # the k-th largest value
+    after = vals.gather(1, k)                   # the (k+1)-th: equal to kth means a boundary tie
+    keep = x >= kth
+    tied = (after == kth) & (k < V) & torch.isfinite(kth)
+    if bool(tied.any()):  # more tokens equal the k-th value than fit: lowest ids win
+        rows = tied.view(-1).nonzero().view(-1)
+        xr = x[rows]
+        eq = xr == kth[rows]
+        need = k[rows] - (xr > kth[rows]).sum(-1, keepdim=True)
+        keep[rows] = (xr > kth[rows]) | (eq & (eq.cumsum(-1) <= need))
+    keep |= k >= V
+    return x.masked_fill_(~keep, NEG_INF)
+
+
+def top_k(logits: Tensor, *, top_k=0) -> Tensor:
+    """Keep the ``top_k`` largest logits of each row (exactly k; ties → lower token id)."""
+    check_logits(logits)
+    top_k = knob("top_k", top_k, logits)
+    x = logits.clone()
+    return x if is_neutral("top_k", top_k) else _top_k_(x, top_k)

@@ -1,0 +1,43 @@
+"""Top-nσ: keep logits within n standard deviations of the maximum.
+
+``top_n_sigma`` n (neutral 0; n <= 0 = off): keep ``l_i >= max − n·σ`` where mean and *population*
+σ are taken over the finite logits only. Scaling every logit by 1/T scales the gap and σ alike, so
+the kept set does not depend on temperature. No sort, no softmax. (Tang et al. 2024, "Top-nσ: Not
+All Logits Are You Need", arXiv 2411.07641; llama.cpp PR #11223.)
+
+>>> import torch
+>>> p = torch.tensor([[0.1, 0.2, 0.3, 0.4]])
+>>> torch.softmax(top_n_sigma(p.log(), top_n_sigma=1.0), -1)
+tensor([[0.0000, 0.0000, 0.4286, 0.5714]])
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ._common import NEG_INF, check_logits, col, is_neutral, knob
+
+
+def threshold(x: Tensor, top_n_sigma) -> Tensor:
+    """The smallest logit top-nσ keeps, ``[B, 1]`` (``-inf`` for rows with n <= 0)."""
+    n = col(top_n_sigma, x)
+    finite = torch.isfinite(x)
+    count = finite.sum(-1, keepdim=True).to(x.dtype)
+    xf = torch.where(finite, x, 0.0)
+    mean = xf.sum(-1, keepdim=True) / count
+    var = (torch.where(finite, x - mean, 0.0) ** 2).sum(-1, keepdim=True) / count
+    t = x.amax(-1, keepdim=True) - n * var.sqrt()
+    return torch.where(n > 0, t, NEG_INF)
+
+
+def _top_n_sigma_(x: Tensor, top_n_sigma) -> Tensor:
+    return x.masked_fill_(x < threshold(x, top_n_sigma), NEG_INF)
+
+
+def top_n_sigma(logits: Tensor, *, top_n_sigma=0.0) -> Tensor:
+    """Mask logits more than ``top_n_sigma`` standard deviations below the row's maximum."""
+    check_logits(logits)
+    top_n_sigma = knob("top_n_sigma", top_n_sigma, logits)
+    x = logits.clone()
+    return x if is_neutral("top_n_sigma", top_n_sigma) else _top_n_sigma_(x, top_n_sigma)

@@ -1,0 +1,80 @@
+"""pick: the choice of one token per row, separate from everything that shapes the logits.
+
+Greedy rows (temperature 0) take the argmax (ties → lowest token id). The other rows draw with the
+Gumbel-max trick on the survivors only: ``argmax(l_i + G_i)`` is a draw from ``softmax(l)``, needs
+no normalisation, no prefix sum and no ``torch.multinomial`` (which forces a host sync on GPUs).
+The noise ``G_i`` is a hash of ``(seed, step, token id)`` in float64 (`temperance.noise`), so a
+seeded row draws the same token alone or in any batch, and far-tail tokens keep their probability.
+
+Returns the tokens, the chosen token's log-probability under the processed distribution (what was
+actually sampled from) and, when the raw logits are given, under the raw one; optionally the top-n
+candidates after processing with their log-probabilities.
+
+>>> import torch
+>>> x = torch.tensor([[0.0, 2.0, 1.0], [5.0, 5.0, 0.0]])
+>>> pick(x, seed=torch.tensor([0, 0]), step=torch.tensor([0, 0]), greedy=torch.tensor([False, True])).tokens[1].item()
+0
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from . import noise
+from .candidates import Candidates
+from .errors import TemperanceError
+
+
+@dataclass(frozen=True)
+class Picked:
+    tokens: Tensor                      # [B] int64
+    logprob: Tensor                     # [B] log q(token), q = softmax of the processed logits
+    raw_logprob: Tensor | None = None   # [B] log p(token) under the raw logits
+    top_ids: Tensor | None = None       # [B, n] the n most likely tokens after processing
+    top_logprobs: Tensor | None = None  # [B, n]
+
+
+def check_rows(x: Tensor, where: str = "logits") -> None:
+    """Raise if a row holds NaN or +inf, or no finite entry at all (naming the row)."""
+    m = x.amax(-1)
+    if bool(torch.isfinite(m).all()):  # amax propagates NaN, so one pass checks all three
+        return
+    for i in range(x.shape[0]):
+        row = x[i]
+        if bool(torch.isnan(row).any()):
+            raise TemperanceError(f"row {i} of {where} contains NaN")
+        if bool((row == float("inf")).any()):
+            raise TemperanceError(f"row {i} of {where} contains +inf")
+        if not bool(torch.isfinite(row).any()):
+            raise TemperanceError(f"row {i} of {where} has no finite logit (every token is masked)")
+
+
+def pick(x: Tensor | Candidates, *, seed: Tensor, step: Tensor, greedy: Tensor | bool = False,
+         raw_logits: Tensor | None = None, top_n: int = 0) -> Picked:
+    """Choose one token per row from processed logits ``[B, V]`` or `Candidates`."""
+    if isinstance(x, Candidates):
+        c = x
+    else:
+        check_rows(x)
+        c = Candidates.from_dense(x)
+    B, device = c.logits.shape[0], c.logits.device
+    greedy = torch.as_tensor(greedy, device=device).expand(B).view(-1, 1)
+    seed = torch.as_tensor(seed, dtype=torch.int64, device=device).expand(B)
+    step = torch.as_tensor(step, dtype=torch.int64, device=device).expand(B)
+    l64 = c.logits.double()
+    score = l64 if bool(greedy.all()) else torch.where(greedy, l64, l64 + noise.gumbel(seed, step, c.ids))
+    pos = score.argmax(-1, keepdim=True)  # first maximum: lowest id, since ids ascend in a row
+    tokens = c.ids.gather(1, pos).view(-1)
+    logq = torch.log_softmax(c.logits, dim=-1)
+    raw = None
+    if raw_logits is not None:
+        raw = (raw_logits.gather(1, tokens.view(-1, 1)).view(-1).float()
+               - torch.logsumexp(raw_logits.float(), dim=-1))
+    top_ids = top_lp = None
+    if top_n > 0:
+        lp, j = torch.topk(logq, min(top_n, logq.shape[1]), dim=-1)
+        top_ids, top_lp = c.ids.gather(1, j), lp
+    return Picked(tokens, logq.gather(1, pos).view(-1), raw, top_ids, top_lp)
