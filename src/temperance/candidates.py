@@ -37,10 +37,26 @@ class Candidates:
         """Compact the finite entries of ``x`` ``[B, V]`` (all of V if most are finite)."""
         B, V = x.shape
         keep = torch.isfinite(x)
-        K = int(keep.sum(-1).max())
-        if K * 2 > V:
+        if int(keep.sum(-1).max()) * 2 > V:
             return Candidates(x, torch.arange(V, device=x.device).expand(B, V), V)
-        return _compress(x, torch.arange(V, device=x.device).expand(B, V), keep, K, V)
+        return Candidates.where(x, keep)
+
+    @staticmethod
+    def where(x: Tensor, keep: Tensor, ids: Tensor | None = None, vocab_size: int | None = None
+              ) -> Candidates:
+        """The entries of ``x`` ``[B, W]`` where ``keep``, in position order (``ids``: the token id
+        of every position, default the position itself)."""
+        B, W = x.shape
+        V = vocab_size or W
+        rows, cols = keep.nonzero(as_tuple=True)  # row-major: ascending positions within a row
+        counts = torch.bincount(rows, minlength=B)
+        K = max(int(counts.max()), 1)
+        pos = torch.arange(rows.numel(), device=x.device) - (counts.cumsum(0) - counts)[rows]
+        vals = x.new_full((B, K), float("-inf"))
+        vals[rows, pos] = x[rows, cols]
+        out = torch.full((B, K), V, dtype=torch.int64, device=x.device)
+        out[rows, pos] = cols if ids is None else ids[rows, cols]
+        return Candidates(vals, out, V)
 
     @staticmethod
     def at_least(x: Tensor, t: Tensor) -> Candidates:
@@ -49,8 +65,7 @@ class Candidates:
         B, V = x.shape
         C = V // CHUNK
         if C < 8 or not x.is_contiguous():
-            return _compress(x, torch.arange(V, device=x.device).expand(B, V), x >= t,
-                             int((x >= t).sum(-1).max()), V)
+            return Candidates.where(x, x >= t)
         cmax = x[:, : C * CHUNK].view(B, C, CHUNK).amax(-1)
         if V % CHUNK:
             cmax = torch.cat([cmax, x[:, C * CHUNK:].amax(-1, keepdim=True)], dim=1)
@@ -61,8 +76,7 @@ class Candidates:
         inside = idx < V
         idx = torch.where(inside, idx, V)
         g = x.gather(1, idx.clamp(max=V - 1))
-        keep = inside & (g >= t)
-        return _compress(g, idx, keep, int(keep.sum(-1).max()), V)
+        return Candidates.where(g, inside & (g >= t), idx, V)
 
     def dense(self) -> Tensor:
         """Back to ``[B, V]`` with ``-inf`` everywhere else."""
@@ -72,12 +86,3 @@ class Candidates:
         out = self.logits.new_full((B, self.vocab_size + 1), float("-inf"))
         out.scatter_(1, self.ids, self.logits)
         return out[:, : self.vocab_size].contiguous()
-
-
-def _compress(x: Tensor, ids: Tensor, keep: Tensor, K: int, V: int) -> Candidates:
-    """The kept entries of each row, in position order, padded to K."""
-    K = max(K, 1)
-    pos = torch.argsort((~keep).to(torch.int8), dim=-1, stable=True)[:, :K]
-    ok = keep.gather(1, pos)
-    vals = x.gather(1, pos).masked_fill_(~ok, float("-inf"))
-    return Candidates(vals, torch.where(ok, ids.gather(1, pos), V), V)

@@ -57,7 +57,7 @@ from .ops.top_a import _top_a_
 from .ops.top_k import _top_k_
 from .ops.top_n_sigma import _top_n_sigma_
 from .ops.top_n_sigma import threshold as sigma_threshold
-from .ops.top_p import _top_p_, nucleus_size
+from .ops.top_p import _top_p_, nucleus_candidates
 from .ops.typical import _typical_p_
 from .ops.xtc import _xtc_
 from .params import SamplingParams, parse_samplers
@@ -110,6 +110,15 @@ class Chain:
         for name in self._active(batch):
             x = self._apply(name, x, batch, logits.shape[1])
         return x
+
+    def stages(self, logits: Tensor, batch: Batch) -> list[tuple[str, Tensor]]:
+        """The dense logits after each active stage, in order (for inspection and teaching)."""
+        self._enter(logits, batch)
+        x, out = logits.to(torch.float32, copy=True), []
+        for name in self._active(batch):
+            x = self._apply(name, x, batch, logits.shape[1])
+            out.append((name, x.clone()))
+        return out
 
     def candidates(self, logits: Tensor, batch: Batch) -> Candidates:
         """The survivors of the chain as `Candidates` (same values as ``__call__``)."""
@@ -196,11 +205,7 @@ class Chain:
         if name == "top_n_sigma":
             return Candidates.at_least(x, sigma_threshold(x, batch.knob("top_n_sigma")))
         if name == "top_p":
-            p = batch.knob("top_p").view(-1, 1)
-            n, last, after = nucleus_size(x, p)
-            if bool((after == last).any()):  # a tie at the boundary: let the dense op decide
-                return Candidates.from_dense(_top_p_(x.clone(), batch.knob("top_p")))
-            return Candidates.at_least(x, last)
+            return nucleus_candidates(x, batch.knob("top_p"))
         k = batch.knob("top_k").view(-1, 1)  # top_k
         kmax = int(k.max())
         vals, ids = chunked_topk(x, min(kmax + 1, V))

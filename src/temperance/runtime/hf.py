@@ -1,0 +1,276 @@
+"""`HFRuntime` and `HFTokenizer`: a transformers causal LM behind the `Runtime` protocol.
+
+Contract:
+- `prefill(prompts)` starts a batch: prompts of different lengths are LEFT-padded into one
+  [B, T] tensor with an attention mask and explicit position ids (`cumsum(mask) - 1`, the same
+  as `model.generate`), so every row sees exactly the positions it would see alone.
+- `decode(tokens)` feeds one token per row through the KV cache and extends the mask by one column.
+- `select(index)` re-indexes the batch dimension of the cache, the mask and the positions, the
+  same index the loop applies to its own per-row state. Repeated indices are allowed (n samples
+  per prompt, beams), so it is an `index_select`, not a boolean filter.
+- Logits come back as float32 [B, V] for the last position only (`logits_to_keep=1`: the
+  [B, T, V] prefill logits are never materialised).
+
+The runtime knows nothing about sampling; it receives duck-typed transformers objects and never
+imports transformers itself (`models.py` does the loading).
+
+Tiny example (a random 2-layer Llama; no download):
+
+>>> import torch
+>>> from transformers import LlamaConfig, LlamaForCausalLM
+>>> _ = torch.manual_seed(0)
+>>> cfg = LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+...                   num_attention_heads=2, num_key_value_heads=1)
+>>> rt = HFRuntime(LlamaForCausalLM(cfg))
+>>> rt.prefill([[1, 2, 3], [4]]).shape           # [B, V]
+torch.Size([2, 32])
+>>> rt.select(torch.tensor([1, 1, 0]))           # repeat row 1, reorder
+>>> rt.decode(torch.tensor([5, 6, 7])).shape
+torch.Size([3, 32])
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Iterable, Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = ["HFRuntime", "HFTokenizer", "eos_ids"]
+
+# End-of-turn / end-of-document tokens that chat models emit but do not always declare as eos.
+_END_TOKENS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<eos>")
+
+
+def eos_ids(*sources: Any) -> frozenset[int]:
+    """Collect end-of-sequence ids from configs, generation configs and tokenizers.
+
+    Each source may be None or have an `eos_token_id` (an int, a list of ints or None); a
+    transformers tokenizer also contributes the known end-of-turn tokens (`<|im_end|>`,
+    `<end_of_turn>`, ...) it has as special tokens.
+    """
+    ids: set[int] = set()
+    for src in sources:
+        if src is None:
+            continue
+        eos = getattr(src, "eos_token_id", None)
+        if isinstance(eos, int):
+            ids.add(eos)
+        elif isinstance(eos, Iterable) and not isinstance(eos, str):
+            ids.update(int(i) for i in eos)
+        special = getattr(src, "all_special_tokens", None)
+        if special:
+            for name in set(_END_TOKENS) & set(special):
+                i = src.convert_tokens_to_ids(name)
+                if isinstance(i, int) and i >= 0:
+                    ids.add(i)
+    return frozenset(ids)
+
+
+class HFTokenizer:
+    """Wrap a transformers tokenizer as the `Tokenizer` protocol (plain lists of ints in and out).
+
+    Args:
+        tokenizer: a transformers tokenizer (`AutoTokenizer.from_pretrained(...)`).
+        generation_config: optional; its `eos_token_id`s join `eos_token_ids`.
+    """
+
+    def __init__(self, tokenizer: Any, generation_config: Any = None):
+        self.tok = tokenizer
+        self.eos_token_ids = eos_ids(tokenizer, generation_config)
+        self.bos_token_id: int | None = tokenizer.bos_token_id
+        self._texts: list[str] | None = None
+
+    def __len__(self) -> int:
+        return len(self.tok)
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """Return the ids of `text`. Only what the tokenizer adds by design is added (Gemma's
+        BOS; nothing for SmolLM2)."""
+        return list(self.tok.encode(text, add_special_tokens=add_special_tokens))
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+        """Return the text of `ids` (special tokens such as `<|im_end|>` dropped by default)."""
+        return self.tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
+        """Render `[{"role": ..., "content": ...}, ...]` with the model's chat template to ids,
+        ending with the assistant prompt so the model answers next."""
+        if not getattr(self.tok, "chat_template", None):
+            raise ValueError("this tokenizer has no chat template; pass a plain prompt instead")
+        ids = self.tok.apply_chat_template(
+            messages, add_generation_prompt=add_generation_prompt, tokenize=True, return_dict=False
+        )
+        if hasattr(ids, "keys"):  # a BatchEncoding, whatever return_dict did
+            ids = ids["input_ids"]
+        return list(ids)
+
+    def token_texts(self) -> list[str]:
+        """Return each token's own decoded text, indexed by id (cached; ~0.1 s for 49k tokens).
+
+        A byte-level token that is part of a multi-byte character decodes to U+FFFD. Used to match
+        text-level rules (DRY sequence breakers, stop strings) at the token level.
+        """
+        if self._texts is None:
+            decode = self.tok.decode
+            self._texts = [decode([i], skip_special_tokens=False) for i in range(len(self.tok))]
+        return self._texts
+
+
+class HFRuntime:
+    """Run a transformers causal LM step by step with a batched KV cache (the `Runtime` protocol).
+
+    Args:
+        model: a transformers `...ForCausalLM` (put in eval mode here).
+        tokenizer: optional `HFTokenizer` (or a raw transformers tokenizer, which gets wrapped),
+            kept as `.tokenizer` for convenience; the runtime itself never uses it.
+        keep_hidden: also keep `last_hidden` [B, H], the last layer's hidden state at the last
+            position (for contrastive search). Off by default: it costs `output_hidden_states`.
+        pad_token_id: id written into padding slots; any valid id works (they are masked out).
+
+    Attributes:
+        vocab_size: V, the width of the logits (can be larger than the tokenizer's vocabulary).
+        eos_token_ids: ids that end a row, from the model config, generation config and tokenizer.
+        max_context: the model's maximum positions (`max_position_embeddings`), or None. The loop
+            must stop a row before its prompt + output reaches it.
+    """
+
+    def __init__(self, model: Any, tokenizer: Any = None, *, keep_hidden: bool = False, pad_token_id: int = 0):
+        self.model = model.eval()
+        if tokenizer is not None and not isinstance(tokenizer, HFTokenizer):
+            tokenizer = HFTokenizer(tokenizer, getattr(model, "generation_config", None))
+        self.tokenizer = tokenizer
+        config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        self.vocab_size: int = int(config.vocab_size)
+        self.max_context: int | None = getattr(config, "max_position_embeddings", None)
+        self.eos_token_ids: frozenset[int] = eos_ids(
+            config, getattr(model, "generation_config", None)
+        ) | (tokenizer.eos_token_ids if tokenizer is not None else frozenset())
+        self.keep_hidden = keep_hidden
+        self.pad_token_id = pad_token_id
+        self.device = next(model.parameters()).device
+        params = inspect.signature(model.forward).parameters
+        self._takes_positions = "position_ids" in params
+        self._takes_keep = "logits_to_keep" in params
+        self.last_hidden: Tensor | None = None  # [B, H] when keep_hidden
+        self.reset()
+
+    # -- state -----------------------------------------------------------------------------------
+
+    def reset(self) -> None:
+        """Drop the cache and the batch (frees the memory; `prefill` starts a new batch)."""
+        self._cache: Any = None
+        self._mask: Tensor | None = None       # [B, T] int64, 0 = left padding
+        self._next_pos: Tensor | None = None   # [B] int64, position of the next token per row
+        self.last_hidden = None
+
+    @property
+    def rows(self) -> int:
+        """B, the number of rows in the current batch (0 before `prefill`)."""
+        return 0 if self._mask is None else self._mask.shape[0]
+
+    @property
+    def lengths(self) -> Tensor:
+        """[B] int64: the number of real (unpadded) tokens in each row's context so far."""
+        if self._next_pos is None:
+            return torch.zeros(0, dtype=torch.long)
+        return self._next_pos.clone()
+
+    # -- the three protocol methods ----------------------------------------------------------------
+
+    @torch.no_grad()
+    def prefill(self, prompts: list[list[int]]) -> Tensor:
+        """Start a batch from `prompts` (one id list per row); return last-position logits.
+
+        Args:
+            prompts: B lists of token ids, each non-empty; lengths may differ (left-padded here).
+
+        Returns:
+            [B, V] float32 logits for the token after each prompt.
+        """
+        if not prompts or any(len(p) == 0 for p in prompts):
+            raise ValueError("prefill needs at least one prompt, each with at least one token (e.g. BOS)")
+        lens = [len(p) for p in prompts]
+        T = max(lens)
+        if self.max_context is not None and T > self.max_context:
+            raise ValueError(f"prompt has {T} tokens; the model's max_context is {self.max_context}")
+        B = len(prompts)
+        ids = torch.full((B, T), self.pad_token_id, dtype=torch.long)        # [B, T]
+        mask = torch.zeros((B, T), dtype=torch.long)                         # [B, T]
+        for row, p in enumerate(prompts):
+            ids[row, T - len(p):] = torch.as_tensor(p, dtype=torch.long)
+            mask[row, T - len(p):] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        # Positions count real tokens only, so a padded row matches the same prompt run alone.
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)                         # [B, T]
+        self.reset()
+        logits, self._cache = self._forward(ids, mask, positions, cache=None)
+        self._mask = mask
+        self._next_pos = positions[:, -1] + 1                                  # [B]
+        return logits
+
+    @torch.no_grad()
+    def decode(self, tokens: Tensor) -> Tensor:
+        """Feed one token per row through the cache; return the next logits.
+
+        Args:
+            tokens: [B] int64, the token just chosen for each row (B == `rows`).
+
+        Returns:
+            [B, V] float32 logits.
+        """
+        if self._mask is None:
+            raise RuntimeError("decode() before prefill()")
+        tokens = torch.as_tensor(tokens, dtype=torch.long, device=self.device).reshape(-1)
+        if tokens.shape[0] != self.rows:
+            raise ValueError(f"decode got {tokens.shape[0]} tokens for {self.rows} rows; call select() first")
+        self._mask = torch.cat([self._mask, self._mask.new_ones(self.rows, 1)], dim=1)   # [B, T+1]
+        logits, self._cache = self._forward(tokens[:, None], self._mask, self._next_pos[:, None], self._cache)
+        self._next_pos = self._next_pos + 1
+        return logits
+
+    @torch.no_grad()
+    def select(self, index: Tensor) -> None:
+        """Keep batch rows `index`, in that order: shrink, reorder or repeat.
+
+        Args:
+            index: [B'] int64 row indices into the current batch; repeats allowed
+                (`[0, 0, 1]` forks row 0 into two rows), `[]` empties the batch.
+
+        All cache layers are re-indexed with `index_select` on the batch dim (transformers'
+        `Cache.reorder_cache`, which unlike `batch_select_indices` is implemented by every layer
+        type, including sliding-window and linear-attention ones).
+        """
+        if self._mask is None:
+            raise RuntimeError("select() before prefill()")
+        index = torch.as_tensor(index, dtype=torch.long, device=self.device).reshape(-1)
+        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= self.rows):
+            raise IndexError(f"select index out of range for {self.rows} rows: {index.tolist()}")
+        if hasattr(self._cache, "reorder_cache"):
+            self._cache.reorder_cache(index)
+        else:  # legacy tuple-of-tuples cache
+            self._cache = tuple(tuple(t.index_select(0, index) for t in layer) for layer in self._cache)
+        self._mask = self._mask.index_select(0, index)
+        self._next_pos = self._next_pos.index_select(0, index)
+        if self.last_hidden is not None:
+            self.last_hidden = self.last_hidden.index_select(0, index)
+        # TODO(runtime): when rows finish, the left columns that are padding in every remaining
+        # row could be trimmed from the cache and mask to save attention work.
+
+    # -- internals ---------------------------------------------------------------------------------
+
+    def _forward(self, ids: Tensor, mask: Tensor, positions: Tensor, cache: Any) -> tuple[Tensor, Any]:
+        kwargs: dict[str, Any] = dict(input_ids=ids, attention_mask=mask, past_key_values=cache, use_cache=True)
+        if self._takes_positions:
+            kwargs["position_ids"] = positions
+        if self._takes_keep:
+            kwargs["logits_to_keep"] = 1
+        if self.keep_hidden:
+            kwargs["output_hidden_states"] = True
+        out = self.model(**kwargs)
+        if self.keep_hidden:
+            self.last_hidden = out.hidden_states[-1][:, -1, :].float()        # [B, H]
+        # fp32 logits whatever the model dtype: the samplers do their arithmetic on them. Under
+        # no_grad (not inference_mode) so the caller may modify them in place.
+        return out.logits[:, -1, :].float(), out.past_key_values              # [B, V]
