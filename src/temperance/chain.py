@@ -49,7 +49,7 @@ from .ops.min_p import _min_p_
 from .ops.min_p import threshold as min_p_threshold
 from .ops.mirostat import _mirostat_, mirostat_update
 from .ops.no_repeat_ngram import _no_repeat_ngram_
-from .ops.penalties import _penalties_
+from .ops.penalties import _penalties_, window
 from .ops.smoothing import _smoothing_
 from .ops.temperature import _temperature_
 from .ops.tfs import _tfs_
@@ -66,6 +66,7 @@ from .pick import Picked, check_rows, pick
 NEEDS_IDS = {"logit_bias", "penalties", "dry", "no_repeat_ngram"}  # read token ids: dense only
 NOT_AFTER_COMPACTION = NEEDS_IDS | {"tfs"}  # TFS depends on the row length (see ops.tfs)
 COMPACTORS = ("top_k", "min_p", "top_n_sigma", "top_p")
+SPARSE_EDITS = {"penalties", "logit_bias"}  # stages that touch only known tokens (see _sparse_top_k)
 TRUNCATION = {  # stage -> (in-place kernel, its knob)
     "top_n_sigma": (_top_n_sigma_, "top_n_sigma"), "top_k": (_top_k_, "top_k"),
     "tfs": (_tfs_, "tfs_z"), "typical_p": (_typical_p_, "typical_p"), "top_p": (_top_p_, "top_p"),
@@ -122,10 +123,17 @@ class Chain:
 
     def candidates(self, logits: Tensor, batch: Batch) -> Candidates:
         """The survivors of the chain as `Candidates` (same values as ``__call__``)."""
-        self._enter(logits, batch)
         V = logits.shape[1]
         stages = self._active(batch)
         at = self._compaction_point(stages, batch, V)
+        if at is not None and stages[at] == "top_k" and set(stages[:at]) <= SPARSE_EDITS:
+            self._enter(logits, batch, values=False)  # rows are checked on the top-k's maximum
+            c = self._sparse_top_k(logits, batch, stages[:at])
+            if c is not None:
+                for name in stages[at + 1:]:
+                    c.logits = self._apply(name, c.logits, batch, V)
+                return c
+        self._enter(logits, batch)
         if at is None:
             x = self._copy(logits)
             for name in stages:
@@ -167,12 +175,65 @@ class Chain:
         return [n for n in self.names if batch.active(n)]
 
     @staticmethod
-    def _enter(logits: Tensor, batch: Batch) -> None:
+    def _enter(logits: Tensor, batch: Batch, values: bool = True) -> None:
         if not isinstance(logits, Tensor) or logits.dim() != 2 or not logits.is_floating_point():
             raise TemperanceError("logits must be a floating-point [B, V] tensor")
         if logits.shape[0] != len(batch):
             raise TemperanceError(f"logits have {logits.shape[0]} rows but the batch has {len(batch)}")
-        check_rows(logits)
+        if values:
+            check_rows(logits)
+
+    def _sparse_top_k(self, logits: Tensor, batch: Batch, pre: list[str]) -> Candidates | None:
+        """Penalties / logit bias followed by top-k, without copying the logits.
+
+        Those stages change only a few known tokens per row (the history window, the biased ids).
+        Apply them to just those tokens — their columns gathered into a small tensor, the history
+        and bias ids remapped to its columns, the same kernels run on it — and take the raw top
+        k + c, c the number of touched tokens among those: the top-k of the edited row lies in the
+        union (an untouched token can be outranked only by touched ones). Returns None when a tie at the raw window's
+        boundary could hide a token; the caller then takes the dense path.
+        """
+        B, V = logits.shape
+        parts = []
+        if "penalties" in pre:
+            parts.append(window(batch.history, batch.knob("penalty_last_n")))
+        if "logit_bias" in pre:
+            parts.append(batch.logit_bias(V)[0])
+        touched = torch.cat(parts, dim=1) if parts else logits.new_empty((B, 0), dtype=torch.int64)
+        touched = torch.where(touched < 0, V, touched).sort(-1).values
+        touched[:, 1:].masked_fill_(touched[:, 1:] == touched[:, :-1], V)
+        uniq = touched.sort(-1).values  # [B, U] distinct touched ids, ascending, padded with V
+        raw = logits.gather(1, uniq.clamp(max=V - 1)).float().masked_fill_(uniq == V, float("-inf"))
+        edited = raw.clone()
+        for name in pre:
+            if name == "logit_bias":
+                ids, vals = batch.logit_bias(V)
+                _logit_bias_(edited, torch.searchsorted(uniq, ids), vals)
+            else:
+                h = parts[0]  # the penalty window, already cut to the last n tokens
+                hc = torch.where(h >= 0, torch.searchsorted(uniq, h.clamp(min=0)), -1)
+                _penalties_(edited, hc, batch.knob("repetition_penalty"), batch.knob("frequency_penalty"),
+                            batch.knob("presence_penalty"), batch.knob("penalty_last_n"))
+        k = batch.knob("top_k")
+        R = int(k.max()) + 9  # a little slack: a touched token or two may rank that high
+        while True:  # widen until the raw window surely holds the k best untouched tokens
+            rv, rid = chunked_topk(logits, min(R, V))
+            c = int((raw >= rv[:, -1:]).sum(-1).max())
+            if R >= V or int(k.max()) + 1 + c <= R:
+                break
+            R = int(k.max()) + 1 + c
+        check_rows(rv[:, :1].float())
+        if "logit_bias" in pre and any(v == float("-inf") for p in batch.params for v in p.logit_bias.values()):
+            _check_not_empty(torch.cat([rv, edited], 1), "logit_bias banned every token")
+        again = (rid.unsqueeze(-1) == uniq.unsqueeze(1)).any(-1)  # raw copies of edited tokens
+        ids = torch.cat([torch.where(again, V, rid), uniq], dim=1)
+        vals = torch.cat([rv.float().masked_fill(again, float("-inf")), edited], dim=1)
+        ids, order = ids.sort(-1)  # token-id order, so ties break by lower id
+        vals = _top_k_(vals.gather(1, order), k)
+        kth = torch.where(torch.isfinite(vals), vals, torch.inf).amin(-1)
+        if R < V and bool((kth <= rv[:, -1]).any()):
+            return None
+        return Candidates.where(vals, torch.isfinite(vals), ids, V)
 
     def _copy(self, logits: Tensor) -> Tensor:
         """One float32 copy of the caller's logits, into a buffer reused across steps."""

@@ -1,6 +1,9 @@
 """The ``temperance`` command line.
 
     temperance inspect --demo --min-p 0.1 --temp 3     # how each sampler reshapes a distribution
+    temperance inspect --prompt "The capital of France is" --top-k 5 --steps 3
+    temperance generate --temp 0.8 --min-p 0.1 -n 2 "Once upon a time"
+    temperance models [prepare NAME]
 
 Flag names follow llama.cpp's CLI where it has one (``--temp``, ``--top-k``, ``--top-p``,
 ``--min-p``, ``--top-nsigma``, ``--typical``, ``--repeat-penalty``, ``--samplers``, ...). Bad input
@@ -17,6 +20,7 @@ from typing import Sequence
 import torch
 
 from .errors import TemperanceError
+from .models import ModelError
 from .params import PRESETS, SamplingParams
 
 # flag → SamplingParams field (llama.cpp's names where it has one)
@@ -74,38 +78,171 @@ def _parse_bias(text: str) -> tuple[int, float]:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     from rich.console import Console
-    from rich.table import Table
 
     from . import demo
     from .batch import Batch
     from .chain import Chain
 
-    if not args.demo:
-        raise TemperanceError("inspect needs --demo (a prompt on a real model comes with `generate`)")
     params = params_from_args(args)
+    if args.prompt is not None:
+        return _inspect_model(args, params)
+    if not args.demo:
+        raise TemperanceError("inspect needs --demo or --prompt TEXT")
     logits, names = demo.logits(), demo.tokens()
     batch = Batch(params, history=[demo.HISTORY], dry_breakers=[[]])
     chain = Chain(params)
-    stages = [("input", logits)] + chain.stages(logits, batch)
-    probs = [torch.softmax(x[0], -1) for _, x in stages]
+    Console().print(_stage_table(f'Next token after "{demo.PROMPT}"', logits, chain.stages(logits, batch),
+                                 lambda i: repr(names[i]), args.rows))
+    if params.temperature == 0:
+        Console().print("temperature 0: greedy, the first row is chosen")
+    return 0
+
+
+def _stage_table(title: str, logits: torch.Tensor, stages: list, label, rows: int):
+    """The table of `inspect`: the top `rows` tokens (by input probability) after each stage."""
+    from rich.table import Table
+
+    stages = [("input", logits)] + stages
+    probs = [torch.softmax(x[0].float(), -1) for _, x in stages]
     active = " → ".join(name for name, _ in stages[1:]) or "(no sampler active)"
-    table = Table(title=f'Next token after "{demo.PROMPT}"\nchain: {active} → pick',
-                  title_justify="left")
+    table = Table(title=f"{title}\nchain: {active} → pick", title_justify="left")
     table.add_column("rank", justify="right")
     table.add_column("token")
     for name, _ in stages:
         table.add_column(name, justify="right")
-    for rank in range(args.rows):
-        cells = [f"{p[rank].item():.3f}" if p[rank] > 0 else "·" for p in probs]
-        table.add_row(str(rank + 1), repr(names[rank]), *cells)
-    rest = [p[args.rows:].sum().item() for p in probs]
-    table.add_row("", f"({len(names) - args.rows} others)", *[f"{r:.3f}" if r > 0 else "·" for r in rest])
+    V = probs[0].shape[0]
+    rows = min(rows, V)
+    order = torch.sort(probs[0], descending=True, stable=True).indices
+    shown = order[:rows]
+    for rank in range(rows):
+        i = int(shown[rank])
+        cells = [f"{p[i].item():.3f}" if p[i] > 0 else "·" for p in probs]
+        table.add_row(str(rank + 1), label(i), *cells)
+    rest = [p[order[rows:]].sum().item() for p in probs]
+    table.add_row("", f"({V - rows} others)", *[f"{r:.3f}" if r > 0 else "·" for r in rest])
     table.add_section()
     table.add_row("", "kept", *[str(int((p > 0).sum())) for p in probs])
     table.add_row("", "entropy (bits)", *[f"{_entropy_bits(p):.2f}" for p in probs])
-    Console().print(table)
+    return table
+
+
+def _inspect_model(args: argparse.Namespace, params: SamplingParams) -> int:
+    from rich.console import Console
+
+    from . import models
+    from .batch import Batch
+    from .chain import Chain
+    from .generate import dry_breakers_for, encode_prompts
+
+    if args.steps < 1:
+        raise TemperanceError(f"--steps must be >= 1, got {args.steps}")
+    if not args.prompt:
+        raise TemperanceError("--prompt is empty")
+    runtime = models.load(args.model, threads=args.threads)
+    tok = runtime.tokenizer
+    ids = encode_prompts(tok, [args.prompt], chat=args.chat, max_context=runtime.max_context)[0]
+    texts = tok.token_texts()
+    label = lambda i: repr(texts[i]) if i < len(texts) else f"<id {i}>"  # noqa: E731
+    breakers = dry_breakers_for([params], tok)
+    batch = Batch(params, history=[ids], dry_breakers=breakers)
+    chain = Chain(params)
+    console = Console()
+    logits = runtime.prefill([ids])
+    text = args.prompt
+    for step in range(args.steps):
+        title = f"Next token after {text!r}" + (f" (step {step + 1})" if args.steps > 1 else "")
+        console.print(_stage_table(title, logits, chain.stages(logits, batch), label, args.rows))
+        if step + 1 == args.steps:
+            break
+        picked = chain.sample(logits, batch)
+        t = int(picked.tokens[0])
+        console.print(f"chosen: {label(t)} (p = {float(picked.logprob[0].exp()):.3f} after the chain)")
+        if t in runtime.eos_token_ids:
+            console.print("end of sequence")
+            break
+        text += texts[t] if t < len(texts) else ""
+        batch = batch.append(picked.tokens)
+        logits = runtime.decode(picked.tokens)
     if params.temperature == 0:
-        Console().print("temperature 0: greedy, the first row is chosen")
+        console.print("temperature 0: greedy, the first row is chosen")
+    return 0
+
+
+def _read_prompts(args: argparse.Namespace) -> list[str]:
+    prompts = []
+    for p in args.prompts:
+        prompts.append(sys.stdin.read() if p == "-" else p)
+    if args.file:
+        with open(args.file, encoding="utf-8") as f:  # FileNotFoundError → exit 2
+            prompts += [line.rstrip("\n") for line in f if line.strip()]
+    if not prompts:
+        raise TemperanceError("no prompt: give it as an argument, '-' for stdin, or --file")
+    return prompts
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    import json
+
+    from . import models
+    from .generate import Completion, generate
+
+    if args.preset is not None:
+        if args.samplers is not None:
+            raise TemperanceError("give --preset or --samplers, not both")
+        if args.preset.strip().lower() not in PRESETS:
+            raise TemperanceError(f"unknown preset {args.preset!r}; presets: {', '.join(PRESETS)}")
+        args.samplers = args.preset
+    params = params_from_args(args)
+    prompts = _read_prompts(args)
+    if any(not p for p in prompts):
+        raise TemperanceError("a prompt is empty")
+    runtime = models.load(args.model, threads=args.threads)
+    kw = dict(max_tokens=args.max_tokens, min_tokens=args.min_tokens, n=args.n,
+              stop=tuple(args.stop or ()), chat=args.chat)
+    stream = not args.json and len(prompts) * args.n == 1
+    out = [[Completion() for _ in range(args.n)] for _ in prompts]
+    for e in generate(runtime, prompts, params, **kw):
+        c = out[e.request][e.sample]
+        c.text += e.text
+        c.tokens.append(e.token)
+        c.logprobs.append(e.logprob)
+        c.finish_reason = e.finish_reason
+        if stream:
+            sys.stdout.write(e.text)
+            sys.stdout.flush()
+    if stream:
+        sys.stdout.write("\n")
+        return 0
+    for r, row in enumerate(out):
+        for s, c in enumerate(row):
+            if args.json:
+                print(json.dumps({"request": r, "sample": s, "prompt": prompts[r], "text": c.text,
+                                  "tokens": c.tokens, "logprobs": c.logprobs,
+                                  "finish_reason": c.finish_reason, "params": params.to_dict()},
+                                 ensure_ascii=False))
+            else:
+                print(f"--- prompt {r}, sample {s} ({c.finish_reason}) ---")
+                print(c.text)
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from . import models
+
+    if args.action == "prepare":
+        if not args.name:
+            raise TemperanceError("models prepare needs a NAME")
+        models.load_model(args.name)
+        print(f"{args.name}: ready")
+        return 0
+    if args.action not in (None, "list"):
+        raise TemperanceError(f"unknown models action {args.action!r}; use 'list' or 'prepare NAME'")
+    print(f"{'name':<14} {'installed':<10} {'cached':<7} description")
+    for m in models.list_models():
+        print(f"{m.name:<14} {'yes' if m.installed else 'no':<10} {'yes' if m.cached else 'no':<7} "
+              f"{m.description}")
+        if not m.installed:
+            print(f"{'':<14} install: {m.install}")
     return 0
 
 
@@ -114,17 +251,45 @@ def _entropy_bits(p: torch.Tensor) -> float:
     return float(-(nz * nz.log()).sum() / math.log(2))
 
 
+def _add_model_flags(p: argparse.ArgumentParser) -> None:
+    from .runtime import default_threads
+
+    p.add_argument("--model", default="smollm2", help="model name or path (default smollm2)")
+    p.add_argument("--threads", type=int, default=default_threads(),
+                   help=f"torch threads (default {default_threads()})")
+    p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="temperance", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("inspect", help="show each sampler's effect on a next-token distribution")
     p.add_argument("--demo", action="store_true", help="use the built-in example distribution")
+    p.add_argument("--prompt", default=None, metavar="TEXT", help="use a real model's next token after TEXT")
+    p.add_argument("--steps", type=int, default=1, help="with --prompt: walk N tokens forward (default 1)")
     p.add_argument("--rows", type=int, default=10, help="candidates to show (default 10)")
+    _add_model_flags(p)
     add_sampler_flags(p)
     p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("generate", help="generate text from prompts")
+    p.add_argument("prompts", nargs="*", metavar="PROMPT", help="prompt text ('-' reads stdin)")
+    p.add_argument("--file", default=None, help="read prompts from a file, one per non-empty line")
+    p.add_argument("--preset", default=None, help=f"sampler order preset ({', '.join(PRESETS)})")
+    p.add_argument("-n", type=int, default=1, help="samples per prompt (default 1)")
+    p.add_argument("--max-tokens", type=int, default=128, help="most tokens per sample (default 128)")
+    p.add_argument("--min-tokens", type=int, default=0, help="ban EOS before this many tokens")
+    p.add_argument("--stop", action="append", default=None, metavar="STR", help="stop string (repeatable)")
+    p.add_argument("--json", action="store_true", help="one JSON object per completion")
+    _add_model_flags(p)
+    add_sampler_flags(p)
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("models", help="list models, or `models prepare NAME` to convert one")
+    p.add_argument("action", nargs="?", default=None, help="list (default) or prepare")
+    p.add_argument("name", nargs="?", default=None)
+    p.set_defaults(func=cmd_models)
     return parser
-
-
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -132,8 +297,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except TemperanceError as e:
+    except (TemperanceError, ModelError) as e:
         print(f"temperance: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # --file not found or unreadable
+        print(f"temperance: error: {e.strerror or e}: {e.filename}" if getattr(e, "filename", None)
+              else f"temperance: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

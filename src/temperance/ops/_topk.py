@@ -17,18 +17,22 @@ CHUNK = 128
 
 
 def chunked_topk(x: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """``torch.topk(x, k)`` (sorted, descending) computed on the candidate chunks only."""
+    """``torch.topk(x, k)`` (sorted, descending) computed on the candidate chunks only.
+
+    NaN and +inf propagate to ``values[:, 0]`` (the row maximum), so callers can check rows there.
+    """
     B, V = x.shape
     C = V // CHUNK
-    if k * 8 > C or not x.is_contiguous():
+    if k * 4 > C or not x.is_contiguous():
         return torch.topk(x, min(k, V), dim=-1)
     cmax = x[:, : C * CHUNK].view(B, C, CHUNK).amax(-1)  # [B, C]
     if V % CHUNK:
         cmax = torch.cat([cmax, x[:, C * CHUNK:].amax(-1, keepdim=True)], dim=1)
-    t0 = torch.topk(cmax, k, dim=-1).values[:, -1:]  # [B, 1] k-th largest chunk max
-    sel = cmax >= t0
-    n = int(sel.sum(-1).max())
-    chunks = torch.argsort((~sel).to(torch.int8), dim=-1, stable=True)[:, :n]  # [B, n]
+    top, chunks = torch.topk(cmax, k, dim=-1, sorted=False)
+    t0 = top.amin(-1, keepdim=True)  # [B, 1] k-th largest chunk max
+    n = int((cmax >= t0).sum(-1).max())
+    if n > k:  # chunk maxima tied at t0: take every chunk that reaches it
+        chunks = torch.topk(cmax, n, dim=-1, sorted=False).indices  # [B, n]
     idx = (chunks.unsqueeze(-1) * CHUNK + torch.arange(CHUNK, device=x.device)).view(B, -1)
     inside = idx < V
     idx = idx.clamp_(max=V - 1)
