@@ -48,14 +48,15 @@ class Candidates:
         of every position, default the position itself)."""
         B, W = x.shape
         V = vocab_size or W
-        rows, cols = keep.nonzero(as_tuple=True)  # row-major: ascending positions within a row
+        flat = keep.reshape(-1).nonzero().view(-1)  # row-major: ascending positions within a row
+        rows = flat // W
         counts = torch.bincount(rows, minlength=B)
         K = max(int(counts.max()), 1)
-        pos = torch.arange(rows.numel(), device=x.device) - (counts.cumsum(0) - counts)[rows]
+        dest = rows * K + (torch.arange(flat.numel(), device=x.device) - (counts.cumsum(0) - counts)[rows])
         vals = x.new_full((B, K), float("-inf"))
-        vals[rows, pos] = x[rows, cols]
+        vals.view(-1).index_copy_(0, dest, x.reshape(-1).index_select(0, flat))
         out = torch.full((B, K), V, dtype=torch.int64, device=x.device)
-        out[rows, pos] = cols if ids is None else ids[rows, cols]
+        out.view(-1).index_copy_(0, dest, flat - rows * W if ids is None else ids.reshape(-1).index_select(0, flat))
         return Candidates(vals, out, V)
 
     @staticmethod

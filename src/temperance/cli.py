@@ -171,7 +171,7 @@ def _inspect_model(args: argparse.Namespace, params: SamplingParams) -> int:
 def _read_prompts(args: argparse.Namespace) -> list[str]:
     prompts = []
     for p in args.prompts:
-        prompts.append(sys.stdin.read() if p == "-" else p)
+        prompts.append(sys.stdin.read().rstrip("\n") if p == "-" else p)
     if args.file:
         with open(args.file, encoding="utf-8") as f:  # FileNotFoundError → exit 2
             prompts += [line.rstrip("\n") for line in f if line.strip()]

@@ -67,35 +67,35 @@ def nucleus_candidates(x: Tensor, top_p) -> "Candidates":  # noqa: F821
     B, V = x.shape
     p = col(top_p, x).double()
     m = x.amax(-1, keepdim=True)
-    z = torch.exp(x - m).sum(-1, keepdim=True).double()
+    z = (x - m).exp_().sum(-1, keepdim=True).double()  # one [B, V] temporary, exponentiated in place
     head, _ = chunked_topk(x, min(64, V))
     head_mass = torch.exp(head.double() - m.double()).cumsum(-1)
-    stride = max(1, V // 4096)
+    stride = max(1, V // 2048)
     sample, _ = torch.sort(x[:, ::stride], dim=-1, descending=True)
     tail = torch.where(sample < head[:, -1:], torch.exp(sample.double() - m.double()), 0.0).cumsum(-1)
     tail = tail * ((z - head_mass[:, -1:]).clamp(min=0) / tail[:, -1:].clamp(min=1e-300))
-    goal = (p + (1 - p) / 2) * z  # aim past p so that the extracted set holds the nucleus
+    goal = (p + (1 - p) / 4) * z  # aim past p so that the extracted set holds the nucleus
     in_head = head_mass[:, -1:] >= goal
     j = (head_mass[:, -1:] + tail < goal).sum(-1, keepdim=True)
     t = torch.where(in_head, head.gather(1, (head_mass < goal).sum(-1, keepdim=True).clamp(
         max=head.shape[1] - 1)), sample.gather(1, (j + 16).clamp(max=sample.shape[1] - 1)))
     for attempt in range(3):
         c = Candidates.where(x, x >= t)
-        held = torch.exp(c.logits.double() - m.double()).sum(-1, keepdim=True)
-        short = held < p * z * (1 - 1e-9)
+        e = torch.exp(c.logits.double() - m.double())  # 0 for -inf padding
+        short = e.sum(-1, keepdim=True) < p * z * (1 - 1e-9)
         if not bool(short.any()):
             break
         lower = sample.gather(1, (2 * j + 64).clamp(max=sample.shape[1] - 1))
         t = torch.where(short, lower if attempt == 0 else torch.full_like(t, float("-inf")), t)
-    c.logits = c.logits.masked_fill_(~_cut(c.logits, p, z, m), NEG_INF)
+    c.logits = c.logits.masked_fill_(~_cut(c.logits, e, p, z, m), NEG_INF)
     return c
 
 
-def _cut(c: Tensor, p: Tensor, z: Tensor, m: Tensor, bins: int = 1024) -> Tensor:
+def _cut(c: Tensor, e: Tensor, p: Tensor, z: Tensor, m: Tensor, bins: int = 1024) -> Tensor:
     """Which entries of candidate rows ``c`` ``[B, K]`` (a superset of the nucleus, in token-id
-    order) top-p keeps, given the full rows' max ``m`` and normaliser ``z``."""
+    order; ``e = exp(c - m)`` in float64) top-p keeps, given the full rows' max ``m`` and
+    normaliser ``z``."""
     B, K = c.shape
-    e = torch.exp(c.double() - m.double())                      # 0 for -inf padding
     lo = torch.where(torch.isfinite(c), c, torch.inf).amin(-1, keepdim=True)
     width = (m - lo).clamp(min=1e-30)
     b = ((c - lo) / width * bins).floor().clamp_(0, bins - 1).nan_to_num_(0).to(torch.int64)
@@ -110,7 +110,8 @@ def _cut(c: Tensor, p: Tensor, z: Tensor, m: Tensor, bins: int = 1024) -> Tensor
     from ..candidates import Candidates
     bc = Candidates.where(c, band)                      # [B, nb], positions ascending, pad = K
     vals, order = torch.sort(bc.logits, dim=-1, descending=True, stable=True)
-    cum = mass_over + torch.exp(vals.double() - m.double()).cumsum(-1)
+    cum = mass_over + e.gather(1, bc.ids.clamp(max=K - 1).gather(1, order)).masked_fill_(
+        ~torch.isfinite(vals), 0.0).cumsum(-1)
     take = (cum < target).sum(-1, keepdim=True) + 1     # include the crossing token
     kept_pos = torch.where(torch.arange(vals.shape[1], device=c.device) < take, bc.ids.gather(1, order), K)
     in_band_kept = torch.zeros(B, K + 1, dtype=torch.bool, device=c.device).scatter_(1, kept_pos, True)
