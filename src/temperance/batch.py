@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from .errors import TemperanceError
-from .ops import logit_bias as _bias
+from .ops.logit_bias import pack as pack_bias
 from .ops._common import as_history
 from .ops.dry import Breakers
 from .params import ACTIVE, KNOBS, SamplingParams
@@ -82,7 +82,7 @@ class Batch:
 
     def logit_bias(self, vocab_size: int) -> tuple[Tensor, Tensor]:
         if self._bias is None:
-            self._bias = _bias.pack([p.logit_bias for p in self.params], vocab_size, self.device)
+            self._bias = pack_bias([p.logit_bias for p in self.params], vocab_size, self.device)
         return self._bias
 
     def select(self, index: Tensor | Sequence[int]) -> Batch:

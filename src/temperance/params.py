@@ -125,7 +125,7 @@ ALIASES = {
     "temp": "temperature", "typical": "typical_p", "typ_p": "typical_p", "nucleus": "top_p",
     "tail_free": "tfs", "tfs_z": "tfs", "epsilon_cutoff": "epsilon", "eta_cutoff": "eta",
     "repetition_penalty": "penalties", "repeat_penalty": "penalties", "penalty": "penalties",
-    "nsigma": "top_nsigma", "top_nsigma": "top_n_sigma", "bias": "logit_bias",
+    "nsigma": "top_n_sigma", "top_nsigma": "top_n_sigma", "bias": "logit_bias",
     "no_repeat_ngram_size": "no_repeat_ngram",
 }
 
