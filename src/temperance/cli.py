@@ -54,16 +54,24 @@ def add_sampler_flags(p: argparse.ArgumentParser) -> None:
                    help="e.g. 15043+1 or 15043-inf (repeatable)")
 
 
+# SamplingParams field → llama.cpp server name, where they differ
+_REQUEST_NAMES = {"repetition_penalty": "repeat_penalty", "penalty_last_n": "repeat_last_n"}
+
+
 def params_from_args(args: argparse.Namespace) -> SamplingParams:
-    """The one place CLI flags become SamplingParams."""
-    kw = {f: getattr(args, f) for f, _ in SAMPLER_FLAGS.values() if getattr(args, f) is not None}
+    """CLI flags → a request dict with llama.cpp server names → `request.params_from_request`
+    (the one place a request becomes SamplingParams, shared with the server)."""
+    from .request import params_from_request
+
+    body = {_REQUEST_NAMES.get(f, f): getattr(args, f) for f, _ in SAMPLER_FLAGS.values()
+            if getattr(args, f) is not None}
     if args.samplers is not None:
-        kw["samplers"] = args.samplers
+        body["samplers"] = args.samplers
     if args.dry_sequence_breakers is not None:
-        kw["dry_sequence_breakers"] = tuple(args.dry_sequence_breakers)
+        body["dry_sequence_breakers"] = list(args.dry_sequence_breakers)
     if args.logit_bias:
-        kw["logit_bias"] = dict(_parse_bias(b) for b in args.logit_bias)
-    return SamplingParams(**kw)
+        body["logit_bias"] = dict(_parse_bias(b) for b in args.logit_bias)
+    return params_from_request(body)[0]
 
 
 def _parse_bias(text: str) -> tuple[int, float]:
@@ -197,8 +205,26 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if any(not p for p in prompts):
         raise TemperanceError("a prompt is empty")
     runtime = models.load(args.model, threads=args.threads)
+    from . import mbr, search
+
+    if search.search_requested(args):  # beam family / contrastive: whole sequences, no streaming
+        for r, texts in enumerate(search.run_search_from_args(args, runtime, prompts, params)):
+            for s, text in enumerate(texts):
+                print(json.dumps({"request": r, "sample": s, "prompt": prompts[r], "text": text},
+                                 ensure_ascii=False) if args.json else f"--- prompt {r}, sequence {s} ---\n{text}")
+        return 0
     kw = dict(max_tokens=args.max_tokens, min_tokens=args.min_tokens, n=args.n,
               stop=tuple(args.stop or ()), chat=args.chat)
+    if args.mbr is not None or args.best_of is not None:  # draw N, keep the best by utility/score
+        explicit = any(getattr(args, f) is not None for f, _ in SAMPLER_FLAGS.values() if f != "seed")
+        for r, prompt in enumerate(prompts):
+            kw.pop("n", None)
+            sel = mbr.select_from_args(args, runtime, prompt, params if explicit else None, **kw)
+            print(json.dumps({"request": r, "prompt": prompt, "text": sel.text, "index": sel.index,
+                              "scores": sel.scores, "candidates": sel.candidates}, ensure_ascii=False)
+                  if args.json else sel.text)
+        return 0
+    kw.update(mbr.strategy_kwargs(args))
     stream = not args.json and len(prompts) * args.n == 1
     out = [[Completion() for _ in range(args.n)] for _ in prompts]
     for e in generate(runtime, prompts, params, **kw):
@@ -246,6 +272,21 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from .server import serve
+        import fastapi, uvicorn  # noqa: F401
+    except ImportError as e:
+        raise TemperanceError(f"serve needs fastapi and uvicorn: pip install 'temperance[serve]' ({e})")
+    for name in ("max_tokens_cap", "max_prompt_tokens", "max_n", "max_batch", "max_queue", "max_body_bytes"):
+        if getattr(args, name) < 1:
+            raise TemperanceError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    serve(args.model, args.host, args.port, args.threads, max_tokens_cap=args.max_tokens_cap,
+          max_prompt_tokens=args.max_prompt_tokens, max_n=args.max_n, max_batch=args.max_batch,
+          max_queue=args.max_queue, max_body_bytes=args.max_body_bytes)
+    return 0
+
+
 def _entropy_bits(p: torch.Tensor) -> float:
     nz = p[p > 0].double()
     return float(-(nz * nz.log()).sum() / math.log(2))
@@ -283,7 +324,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object per completion")
     _add_model_flags(p)
     add_sampler_flags(p)
+    from .mbr import add_strategy_flags
+    from .search import add_search_flags
+    add_strategy_flags(p)
+    add_search_flags(p)
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("serve", help="OpenAI-compatible HTTP server + playground (needs the serve extra)")
+    p.add_argument("--model", default="smollm2", help="model name or path (default smollm2)")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads")
+    p.add_argument("--max-tokens-cap", type=int, default=512, help="most max_tokens per request (default 512)")
+    p.add_argument("--max-prompt-tokens", type=int, default=2048, help="longest prompt in tokens (default 2048)")
+    p.add_argument("--max-n", type=int, default=8, help="most samples per request (default 8)")
+    p.add_argument("--max-batch", type=int, default=32, help="most rows per micro-batch (default 32)")
+    p.add_argument("--max-queue", type=int, default=64, help="most queued requests before 429 (default 64)")
+    p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="request body limit (default 1 MiB)")
+    p.set_defaults(func=cmd_serve)
+
+    from .implicit_lm import add_parser as add_implicit_parser
+    add_implicit_parser(sub)
 
     p = sub.add_parser("models", help="list models, or `models prepare NAME` to convert one")
     p.add_argument("action", nargs="?", default=None, help="list (default) or prepare")

@@ -143,7 +143,8 @@ def generate(runtime: Any, prompts: Sequence[str | Sequence[int]],
              params: SamplingParams | Sequence[SamplingParams] = SamplingParams(), *,
              max_tokens: int = 64, min_tokens: int = 0, n: int = 1, stop: Sequence[str] = (),
              chat: bool = False, top_n: int = 0, raw_logprobs: bool = False,
-             tokenizer: Any = None) -> Iterator[Event]:
+             tokenizer: Any = None, constraint: Any = None,
+             ban_phrases: Any = None) -> Iterator[Event]:
     """Stream `Event`s for every (prompt, sample) row until each row finishes.
 
     Args:
@@ -161,6 +162,15 @@ def generate(runtime: Any, prompts: Sequence[str | Sequence[int]],
         raw_logprobs: also report each token's logprob under the unprocessed logits (after the
             min_tokens EOS ban).
         tokenizer: defaults to `runtime.tokenizer`.
+        constraint: a `constrain.Constraint` (JSON schema, regex, grammar, choices) for every
+            prompt, or one per prompt (None = free). Its mask applies first, before min_tokens and
+            the chain; EOS is allowed only where the grammar accepts. A row at `max_tokens` ends
+            with "length" even if the grammar is incomplete.
+        ban_phrases: a list of strings or an `antislop.PhraseBans`: when a row's text comes to
+            contain one, the row rewinds to the token where it began, bans that token there and
+            goes on (see `antislop`). Such rows' events are held back until safe. A rewind
+            re-prefills the live rows (prompt + kept tokens): the `Runtime` has no per-row cache
+            truncation.
     """
     tokenizer = tokenizer if tokenizer is not None else getattr(runtime, "tokenizer", None)
     if isinstance(prompts, str):
@@ -179,6 +189,16 @@ def generate(runtime: Any, prompts: Sequence[str | Sequence[int]],
     stops = StopStrings(stop) if stop else None  # validates the stop strings
     max_context = getattr(runtime, "max_context", None)
     ids = encode_prompts(tokenizer, prompts, chat=chat, max_context=max_context)
+    if constraint is not None and hasattr(constraint, "row"):
+        constraint = [constraint] * len(prompts)
+    if constraint is not None:
+        constraint = list(constraint)
+        if len(constraint) != len(prompts):
+            raise TemperanceError(f"got {len(constraint)} constraints for {len(prompts)} prompts")
+    bans = None
+    if ban_phrases is not None:
+        from .antislop import PhraseBans
+        bans = ban_phrases if isinstance(ban_phrases, PhraseBans) else PhraseBans(ban_phrases)
 
     # Rows: request r, sample s, at row r * n + s, with seed (request seed) + s.
     drawn = torch.randint(0, 2**62, (len(prompts),), dtype=torch.int64).tolist()
@@ -193,6 +213,10 @@ def generate(runtime: Any, prompts: Sequence[str | Sequence[int]],
     detoks = [Detokenizer(tokenizer, ids[r]) if tokenizer is not None else None for r in row_req]
     row_stops = [stops.copy() if stops else None for _ in row_req]
     count = [0] * len(row_req)
+    row_cons = ([constraint[r].row(runtime) if constraint[r] is not None else None for r in row_req]
+                if constraint is not None else [None] * len(row_req))
+    row_bans = [bans.row() for _ in row_req] if bans is not None else None
+    gen: list[list[int]] = [[] for _ in row_req]   # kept tokens per row (for rewinds)
     live = list(range(len(row_req)))              # original row id of each runtime row
 
     by_order: dict[tuple[str, ...], list[int]] = {}
@@ -203,6 +227,40 @@ def generate(runtime: Any, prompts: Sequence[str | Sequence[int]],
         dry_breakers=[breakers[i] for i in rows] if breakers is not None else None),
         Chain(list(order))) for order, rows in by_order.items()}
 
+    def _push_banned(r: int, tok: int, ev: Event) -> Iterator[Event | str]:
+        """A row with phrase bans: hold the token, rewind on a hit, release what is safe."""
+        d, s, rb = detoks[r], row_stops[r], row_bans[r]
+        is_eos = tok in eos
+        delta = (d.flush() if is_eos else d.push(tok)) if d is not None else ""
+        at_limit = count[r] >= max_tokens or (
+            max_context is not None and len(history[r]) + count[r] >= max_context)
+        if not is_eos and at_limit and d is not None:
+            delta += d.flush()
+        k = rb.push(tok, delta, dataclasses.replace(ev, text=delta))
+        if k is not None:
+            dropped = gen[r][k:]
+            del gen[r][k:]
+            count[r] = k
+            if row_cons[r] is not None:
+                row_cons[r].rollback(sum(1 for t in dropped if t not in eos))
+            if tokenizer is not None:
+                detoks[r] = Detokenizer(tokenizer, ids[row_req[r]] + gen[r])
+            yield "rewind"
+            return
+        final = is_eos or at_limit
+        out = rb.release(final)
+        for i, e in enumerate(out):
+            text, hit = e.text, False
+            if s is not None:
+                text, hit = s.push(text)
+                if i == len(out) - 1 and final and not hit:
+                    text += s.flush()
+            finish = "stop" if hit or (is_eos and i == len(out) - 1) else (
+                "length" if i == len(out) - 1 and final else None)
+            yield dataclasses.replace(e, text=text, finish_reason=finish)
+            if hit:
+                return
+
     logits = runtime.prefill(ids)                                            # [R, V]
     if n > 1:
         runtime.select(torch.arange(len(prompts)).repeat_interleave(n))
@@ -210,11 +268,38 @@ def generate(runtime: Any, prompts: Sequence[str | Sequence[int]],
 
     while live:
         B, V = logits.shape
+        eos_cols = torch.tensor([t for t in eos if t < V], dtype=torch.int64)
+        constrained = []
+        for j, r in enumerate(live):  # constraint masks first: grammar, then banned phrase starts
+            c = row_cons[r]
+            if c is not None:
+                allowed = c.mask(V)
+                allowed[eos_cols] = c.accepting()
+                if c.stopped():
+                    allowed[:] = False
+                    allowed[eos_cols] = True
+                logits[j].masked_fill_(~allowed, float("-inf"))
+                constrained.append((j, r, f"the {c.spec}"))
+                if not bool(torch.isfinite(logits[j]).any()):
+                    raise TemperanceError(f"row {r} (request {row_req[r]}, sample {row_sample[r]}) "
+                                          f"has no token left after the {c.spec}")
+            if row_bans is not None:
+                ban = row_bans[r].banned_at(count[r])
+                if ban:
+                    cols = torch.tensor([t for t in ban if t < V], dtype=torch.int64)
+                    old = logits[j, cols].clone()
+                    logits[j, cols] = float("-inf")
+                    if not bool(torch.isfinite(logits[j]).any()):
+                        logits[j, cols] = old  # every alternative is banned: accept the phrase
         if min_tokens and eos:
             young = torch.tensor([count[r] < min_tokens for r in live])
             if bool(young.any()):
-                cols = torch.tensor([t for t in eos if t < V], dtype=torch.int64)
-                logits[young.nonzero().view(-1)[:, None], cols[None, :]] = float("-inf")
+                logits[young.nonzero().view(-1)[:, None], eos_cols[None, :]] = float("-inf")
+                for j, r, why in constrained:
+                    if not bool(torch.isfinite(logits[j]).any()):
+                        raise TemperanceError(
+                            f"row {r} (request {row_req[r]}, sample {row_sample[r]}) has no token "
+                            f"left after the {why} and the min_tokens EOS ban")
         tokens = torch.empty(B, dtype=torch.int64)
         logp, raw = torch.empty(B), torch.full((B,), float("nan"))
         top_ids = top_lp = None
@@ -233,9 +318,29 @@ def generate(runtime: Any, prompts: Sequence[str | Sequence[int]],
                 top_ids[idx, kk:], top_lp[idx, kk:] = -1, float("-inf")
 
         keep: list[int] = []
+        rewound: list[int] = []
         for j, r in enumerate(live):
             tok = int(tokens[j])
             count[r] += 1
+            gen[r].append(tok)
+            if row_cons[r] is not None and tok not in eos:
+                row_cons[r].accept(tok)
+            if row_bans is not None:
+                top = None
+                if top_n:
+                    top = [(int(t), float(v)) for t, v in zip(top_ids[j].tolist(), top_lp[j].tolist()) if t >= 0]
+                ev = Event(row_req[r], row_sample[r], tok, "", float(logp[j]),
+                           None if not raw_logprobs else float(raw[j]), top, None)
+                done = False
+                for out in _push_banned(r, tok, ev):
+                    if out == "rewind":
+                        rewound.append(r)
+                        break
+                    done = done or out.finish_reason is not None
+                    yield out
+                if not done:
+                    keep.append(j)
+                continue
             finish, text = None, ""
             d, s = detoks[r], row_stops[r]
             if tok in eos:
@@ -273,6 +378,25 @@ def generate(runtime: Any, prompts: Sequence[str | Sequence[int]],
         # Move every group one step on, then keep only the unfinished rows everywhere.
         for g in groups.values():
             g.batch = g.batch.append(tokens[torch.tensor(g.rows, dtype=torch.int64)])
+        if rewound:
+            # A rewind: rebuild every live row's batch state and runtime cache from its prompt +
+            # kept tokens (a stop inside held text may have finished other rows too).
+            live = [live[j] for j in keep]
+            if not live:
+                return
+            by_order = {}
+            for pos, r in enumerate(live):
+                by_order.setdefault(row_params[r].chain, []).append(pos)
+            groups = {}  # (fresh chains: mirostat's mu restarts after a rewind)
+            for order, rows in by_order.items():
+                rs = [live[p] for p in rows]
+                groups[order] = _Group(rows, Batch(
+                    [row_params[r] for r in rs], history=[history[r] + gen[r] for r in rs],
+                    step=torch.tensor([count[r] for r in rs], dtype=torch.int64),
+                    dry_breakers=[breakers[r] for r in rs] if breakers is not None else None),
+                    Chain(list(order)))
+            logits = runtime.prefill([ids[row_req[r]] + gen[r] for r in live])
+            continue
         if len(keep) < B:
             if not keep:
                 return

@@ -1,0 +1,183 @@
+"""One request body (llama.cpp server / OpenAI names) → `SamplingParams` + generation options.
+
+`params_from_request` is the one place a request becomes sampling parameters; the server and the
+CLI (`temperance generate`, which builds the same dict from its flags) both call it.
+
+Names follow llama.cpp's server where it has one (``repeat_penalty``, ``repeat_last_n``,
+``top_n_sigma``, ``typical_p``, ``dry_*``, ``samplers`` ...); our own field names are accepted as
+aliases (``repetition_penalty``, ``penalty_last_n``, ``typical``). ``preset`` names a sampler order
+(``llama.cpp``, ``vllm``, ``openai``, ``hf``). ``null`` means "the default". Wrong types and
+out-of-range values raise `TemperanceError` whose message names the field as it was sent.
+
+>>> p, o = params_from_request({"temperature": 0.7, "repeat_penalty": 1.1, "max_tokens": 8})
+>>> p.repetition_penalty, o.max_tokens
+(1.1, 8)
+>>> params_from_request({"top_k": "5"})
+Traceback (most recent call last):
+...
+temperance.errors.TemperanceError: top_k must be a number in integers >= 0 (0 = off), got '5'
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from .errors import TemperanceError
+from .params import KNOBS, PRESETS, SamplingParams, check_knob
+
+__all__ = ["GenOptions", "params_from_request", "LLAMA_NAMES", "IGNORED", "UNSUPPORTED"]
+
+# request name → SamplingParams field (llama.cpp's server names first, then aliases)
+LLAMA_NAMES: dict[str, str] = {name: name for name in KNOBS}
+LLAMA_NAMES.update({
+    "repeat_penalty": "repetition_penalty", "repeat_last_n": "penalty_last_n",
+    "temp": "temperature", "typical": "typical_p", "dynatemp_exp": "dynatemp_exponent",
+})
+OTHER_PARAMS = ("samplers", "preset", "logit_bias", "dry_sequence_breakers", "seed")
+GEN_PARAMS = ("max_tokens", "max_completion_tokens", "n_predict", "min_tokens", "n", "stop",
+              "logprobs", "top_logprobs", "n_probs", "stream", "stream_options")
+# fields the endpoints read themselves, or accept and ignore (OpenAI client conveniences)
+IGNORED = ("model", "prompt", "messages", "user", "echo", "suffix", "best_of", "cache_prompt",
+           "parallel_tool_calls", "metadata", "store", "service_tier")
+UNSUPPORTED = {
+    "response_format": "response_format (structured output) is not supported yet",
+    "grammar": "grammar (constrained decoding) is not supported yet",
+    "json_schema": "json_schema (constrained decoding) is not supported yet",
+    "tools": "tools / function calling is not supported", "tool_choice": "tool_choice is not supported",
+    "functions": "functions is not supported",
+}
+
+
+@dataclass(frozen=True)
+class GenOptions:
+    """What a request asks of the decoding loop besides sampling."""
+
+    max_tokens: int = 16
+    min_tokens: int = 0
+    n: int = 1
+    stop: tuple[str, ...] = ()
+    logprobs: bool = False       # report each token's logprob
+    top_logprobs: int = 0        # and the top-k alternatives
+    stream: bool = False
+    include_usage: bool = False  # stream_options.include_usage
+
+
+def _int(name: str, v: Any, lo: int, hi: int | None = None) -> int:
+    if isinstance(v, float) and v.is_integer():
+        v = int(v)
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise TemperanceError(f"{name} must be an integer, got {v!r}")
+    if v < lo or (hi is not None and v > hi):
+        rng = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+        raise TemperanceError(f"{name} must be an integer {rng}, got {v}")
+    return v
+
+
+def _bias(v: Any) -> dict:
+    """OpenAI's {"id": bias} or llama.cpp's [[id, bias], ...]; bias false = ban."""
+    if isinstance(v, list):
+        out = {}
+        for item in v:
+            if not (isinstance(item, list) and len(item) == 2):
+                raise TemperanceError(f"logit_bias as a list must hold [token_id, bias] pairs, got {item!r}")
+            out[item[0]] = item[1]
+        v = out
+    if not isinstance(v, Mapping):
+        raise TemperanceError(f"logit_bias must be an object {{token_id: bias}}, got {v!r}")
+    return {k: (-math.inf if b is False else b) for k, b in v.items()}
+
+
+def params_from_request(body: Mapping[str, Any], *, defaults: GenOptions = GenOptions()
+                        ) -> tuple[SamplingParams, GenOptions]:
+    """Validate one request body; return `(SamplingParams, GenOptions)`. Raises TemperanceError."""
+    if not isinstance(body, Mapping):
+        raise TemperanceError(f"the request body must be a JSON object, got {type(body).__name__}")
+    for k in body:
+        if k in UNSUPPORTED and body[k] is not None:
+            raise TemperanceError(UNSUPPORTED[k])
+    known = set(LLAMA_NAMES) | set(OTHER_PARAMS) | set(GEN_PARAMS) | set(IGNORED) | set(UNSUPPORTED)
+    unknown = sorted(k for k in body if k not in known)
+    if unknown:
+        raise TemperanceError(f"unknown field(s) {', '.join(map(repr, unknown))}; sampling fields: "
+                              f"{', '.join(sorted(LLAMA_NAMES))}, {', '.join(OTHER_PARAMS)}")
+    kw: dict[str, Any] = {}
+    sent_as: dict[str, str] = {}
+    for name, field in LLAMA_NAMES.items():
+        v = body.get(name)
+        if v is None:
+            continue
+        if field in kw:
+            raise TemperanceError(f"{name} and {sent_as[field]} are the same parameter; give one")
+        try:
+            kw[field] = check_knob(field, v)
+        except TemperanceError as e:
+            msg = str(e)
+            raise TemperanceError(name + msg[len(field):] if msg.startswith(field) else msg) from None
+        sent_as[field] = name
+    samplers, preset = body.get("samplers"), body.get("preset")
+    if samplers is not None and preset is not None:
+        raise TemperanceError("give samplers or preset, not both")
+    if preset is not None:
+        if not isinstance(preset, str) or preset.strip().lower() not in PRESETS:
+            raise TemperanceError(f"unknown preset {preset!r}; presets: {', '.join(PRESETS)}")
+        kw["samplers"] = preset.strip().lower()
+    elif samplers is not None:
+        if not isinstance(samplers, (str, list)):
+            raise TemperanceError(f"samplers must be a list of names or a string, got {samplers!r}")
+        kw["samplers"] = samplers
+    if body.get("logit_bias") is not None:
+        kw["logit_bias"] = _bias(body["logit_bias"])
+    br = body.get("dry_sequence_breakers")
+    if br is not None:
+        if not isinstance(br, list):
+            raise TemperanceError(f"dry_sequence_breakers must be a list of strings, got {br!r}")
+        kw["dry_sequence_breakers"] = tuple(br)
+    seed = body.get("seed")
+    if seed is not None and seed != -1:  # llama.cpp: -1 = random
+        kw["seed"] = _int("seed", seed, 0, 2**63 - 1)
+    params = SamplingParams(**kw)
+
+    # -- generation options ---------------------------------------------------------------------
+    o: dict[str, Any] = {}
+    mt = [k for k in ("max_tokens", "max_completion_tokens", "n_predict") if body.get(k) is not None]
+    if len(mt) > 1:
+        raise TemperanceError(f"give one of {', '.join(mt)}")
+    if mt:
+        o["max_tokens"] = _int(mt[0], body[mt[0]], 1)
+    if body.get("min_tokens") is not None:
+        o["min_tokens"] = _int("min_tokens", body["min_tokens"], 0)
+    if body.get("n") is not None:
+        o["n"] = _int("n", body["n"], 1)
+    stop = body.get("stop")
+    if stop is not None:
+        stop = [stop] if isinstance(stop, str) else stop
+        if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop):
+            raise TemperanceError(f"stop must be a non-empty string or a list of them, got {body['stop']!r}")
+        o["stop"] = tuple(stop)
+    lp, top = body.get("logprobs"), body.get("top_logprobs")
+    if lp is not None:  # chat: bool; completions: int = number of alternatives
+        if isinstance(lp, bool):
+            o["logprobs"] = lp
+        else:
+            o["logprobs"], o["top_logprobs"] = True, _int("logprobs", lp, 0, 20)
+    if body.get("n_probs") is not None:  # llama.cpp
+        o["logprobs"], o["top_logprobs"] = True, _int("n_probs", body["n_probs"], 0, 20)
+    if top is not None:
+        o["top_logprobs"] = _int("top_logprobs", top, 0, 20)
+        if not o.get("logprobs"):
+            raise TemperanceError("top_logprobs needs logprobs: true")
+    st = body.get("stream")
+    if st is not None:
+        if not isinstance(st, bool):
+            raise TemperanceError(f"stream must be true or false, got {st!r}")
+        o["stream"] = st
+    so = body.get("stream_options")
+    if so is not None:
+        if not isinstance(so, Mapping):
+            raise TemperanceError(f"stream_options must be an object, got {so!r}")
+        o["include_usage"] = bool(so.get("include_usage"))
+    base = {f: getattr(defaults, f) for f in GenOptions.__dataclass_fields__}
+    base.update(o)
+    return params, GenOptions(**base)
