@@ -82,15 +82,11 @@ def test_top_p_against_reference(V):
             skipped += 1
             continue
         assert _kept(y, i) == keep, (i, float(p32[i]))
-        if margin > 1e-5:  # the compacted path sums them in float32 (xfail in test_chain)
+        if margin > 1e-5:
             assert _kept(yc, i) == keep, (i, float(p32[i]))
     assert skipped <= B // 100, skipped
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "BUG (precision): ops.top_p's docstring promises a cut that agrees with a float64 reference, but "
-    "its normaliser z = exp(x - m).sum(dtype=float64) exponentiates in float32 (~1e-7 relative error), "
-    "so a crossing within ~1e-7 of p can drop the crossing token"))
 def test_top_p_dense_agrees_with_float64_even_at_the_boundary():
     # with p set to the first float32 above the mass of n tokens (a gap < 6e-8), a float64 cut
     # keeps exactly n + 1 tokens.

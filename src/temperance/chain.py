@@ -54,6 +54,7 @@ from .ops.smoothing import _smoothing_
 from .ops.temperature import _temperature_
 from .ops.tfs import _tfs_
 from .ops.top_a import _top_a_
+from .ops._common import check_history
 from .ops.top_k import _top_k_
 from .ops.top_n_sigma import _top_n_sigma_
 from .ops.top_n_sigma import threshold as sigma_threshold
@@ -134,8 +135,8 @@ class Chain:
                     c.logits = self._apply(name, c.logits, batch, V)
                 return c
         self._enter(logits, batch)
-        if at is None:
-            x = self._copy(logits)
+        if at is None:  # no compaction: the result may be the whole row, so not the reused buffer
+            x = logits.to(torch.float32, copy=True)
             for name in stages:
                 x = self._apply(name, x, batch, V)
             return Candidates.from_dense(x)
@@ -172,6 +173,10 @@ class Chain:
 
     # -- internals ------------------------------------------------------------------------------
     def _active(self, batch: Batch) -> list[str]:
+        missing = [n for n in batch._active if batch.active(n) and n not in self.names]
+        if missing:
+            raise TemperanceError(f"the batch uses {', '.join(missing)} but this chain ({self}) has no "
+                                  f"such stage; build the chain from the rows' params (Chain.for_batch)")
         return [n for n in self.names if batch.active(n)]
 
     @staticmethod
@@ -180,6 +185,7 @@ class Chain:
             raise TemperanceError("logits must be a floating-point [B, V] tensor")
         if logits.shape[0] != len(batch):
             raise TemperanceError(f"logits have {logits.shape[0]} rows but the batch has {len(batch)}")
+        check_history(batch.history, logits.shape[1])
         if values:
             check_rows(logits)
 
@@ -223,11 +229,11 @@ class Chain:
                 break
             R = int(k.max()) + 1 + c
         check_rows(rv[:, :1].float())
-        if "logit_bias" in pre and any(v == float("-inf") for p in batch.params for v in p.logit_bias.values()):
-            _check_not_empty(torch.cat([rv, edited], 1), "logit_bias banned every token")
         again = (rid.unsqueeze(-1) == uniq.unsqueeze(1)).any(-1)  # raw copies of edited tokens
         ids = torch.cat([torch.where(again, V, rid), uniq], dim=1)
         vals = torch.cat([rv.float().masked_fill(again, float("-inf")), edited], dim=1)
+        if "logit_bias" in pre and any(v == float("-inf") for p in batch.params for v in p.logit_bias.values()):
+            _check_not_empty(vals, "logit_bias banned every token")
         ids, order = ids.sort(-1)  # token-id order, so ties break by lower id
         vals = _top_k_(vals.gather(1, order), k)
         kth = torch.where(torch.isfinite(vals), vals, torch.inf).amin(-1)
@@ -301,8 +307,9 @@ class Chain:
             else:
                 T = {p.temperature for p in batch.params}
                 x = _temperature_(x, T.pop() if len(T) == 1 else k("temperature"))
-            if any(p.smoothing_factor > 0 for p in batch.params):
-                x = _smoothing_(x, k("smoothing_factor"), k("smoothing_curve"))
+            if any(p.smoothing_factor > 0 for p in batch.params):  # not on greedy rows
+                f = torch.where(k("temperature") > 0, k("smoothing_factor"), 0.0)
+                x = _smoothing_(x, f, k("smoothing_curve"))
             return x
         if name == "xtc":
             return _xtc_(x, k("xtc_probability"), k("xtc_threshold"), batch.seed, batch.step)

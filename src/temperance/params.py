@@ -98,6 +98,8 @@ def check_knob(name: str, value: Any) -> float | int:
             if not value.is_integer():
                 raise TemperanceError(f"{name} must be an integer in {knob.range}, got {value!r}")
             value = int(value)
+        if abs(value) >= 2**31:
+            raise TemperanceError(f"{name} must be an integer in {knob.range} below 2^31, got {value!r}")
     else:
         value = float(value)
     if isinstance(value, float) and math.isnan(value) or not knob.valid(value):

@@ -50,6 +50,14 @@ def is_neutral(name: str, value) -> bool:
     return not isinstance(value, Tensor) and value == KNOBS[name].neutral
 
 
+def check_history(h: Tensor, vocab_size: int) -> Tensor:
+    """Reject token ids the vocabulary does not have."""
+    if h.numel() and int(h.max()) >= vocab_size:
+        raise TemperanceError(f"history token id {int(h.max())} is out of range for a vocabulary "
+                              f"of {vocab_size}")
+    return h
+
+
 def as_history(history, B: int, device: torch.device) -> Tensor:
     """Token history as a ``[B, L]`` int64 tensor, right-aligned (newest token last), -1 padded.
 

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from ..errors import TemperanceError
-from ._common import as_history, check_logits, col, is_neutral, knob
+from ._common import as_history, check_history, check_logits, col, is_neutral, knob
 
 Breakers = Sequence[Sequence[int]]  # token-id sequences; a one-token sequence is a plain breaker
 FLOAT_MAX_LOG = 88.7228391
@@ -138,7 +138,9 @@ def _dry_(x: Tensor, history: Tensor, dry_multiplier, dry_base, dry_allowed_leng
     exp = (best - allowed[rows]).double()
     max_exp = torch.where(base > 1.000001, torch.floor(FLOAT_MAX_LOG / base.log()), math.inf)
     pen = mult[rows].double() * base.pow(torch.minimum(exp, max_exp))
-    x[rows, toks] -= pen.to(x.dtype)
+    old = x[rows, toks]
+    fmax = torch.finfo(x.dtype).max  # a penalty, not a mask: the logit stays finite
+    x[rows, toks] = torch.where(torch.isfinite(old), (old.double() - pen).clamp(min=-fmax).to(x.dtype), old)
     return x
 
 
@@ -154,14 +156,14 @@ def dry(logits: Tensor, *, history, dry_multiplier=0.0, dry_base=1.75, dry_allow
     x = logits.clone()
     if is_neutral("dry_multiplier", args[0]):
         return x
-    return _dry_(x, as_history(history, B, x.device), *args, breakers)
+    return _dry_(x, check_history(as_history(history, B, x.device), x.shape[1]), *args, breakers)
 
 
 def per_row_breakers(value, B: int) -> list[Breakers]:
     """Normalise breakers given for all rows (a list of sequences) or per row (a list of lists)."""
     value = list(value)
-    if value and all(isinstance(v, (list, tuple)) and v and all(isinstance(s, (list, tuple)) for s in v)
-                     for v in value) and len(value) == B:
+    if (len(value) == B and any(value) and all(
+            isinstance(v, (list, tuple)) and all(isinstance(s, (list, tuple)) for s in v) for v in value)):
         rows = value
     else:
         rows = [value] * B

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from ._common import NEG_INF, check_logits, col, knob
-from .temperature import _temperature_
+from .temperature import MIN_T, _temperature_
 
 
 def _dynatemp_(x: Tensor, temperature, dynatemp_range, dynatemp_exponent) -> Tensor:
@@ -36,8 +36,8 @@ def _dynatemp_(x: Tensor, temperature, dynatemp_range, dynatemp_exponent) -> Ten
     h_max = torch.log(n.clamp(min=2).to(x.dtype))
     lo, hi = (T - R).clamp(min=0), T + R
     t_dyn = lo + (hi - lo) * (H / h_max).clamp(0, 1).pow(E)
-    t_dyn = torch.where((R > 0) & (n > 1), t_dyn, T)
-    frozen = (t_dyn <= 0) & (T > 0)  # entropy 0 at T_min = 0: keep only the top token
+    t_dyn = torch.where((R > 0) & (n > 1) & (T > 0), t_dyn, T)  # greedy rows (T == 0) untouched
+    frozen = (t_dyn < MIN_T) & (T > 0)  # T_dyn ~ 0 (no entropy at T_min = 0): keep only the top token
     if bool(frozen.any()):
         top = x.argmax(-1, keepdim=True)
         others = torch.ones_like(x, dtype=torch.bool).scatter_(1, top, False)

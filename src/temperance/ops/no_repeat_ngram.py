@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._common import NEG_INF, as_history, check_logits, col, is_neutral, knob
+from ._common import NEG_INF, as_history, check_history, check_logits, col, is_neutral, knob
 
 
 def _no_repeat_ngram_(x: Tensor, history: Tensor, no_repeat_ngram_size) -> Tensor:
@@ -44,4 +44,4 @@ def no_repeat_ngram(logits: Tensor, *, history, no_repeat_ngram_size=0) -> Tenso
     x = logits.clone()
     if is_neutral("no_repeat_ngram_size", no_repeat_ngram_size):
         return x
-    return _no_repeat_ngram_(x, as_history(history, x.shape[0], x.device), no_repeat_ngram_size)
+    return _no_repeat_ngram_(x, check_history(as_history(history, x.shape[0], x.device), x.shape[1]), no_repeat_ngram_size)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._common import as_history, check_logits, col, is_neutral, knob
+from ._common import as_history, check_history, check_logits, col, is_neutral, knob
 
 
 def window(history: Tensor, last_n) -> Tensor:
@@ -55,7 +55,8 @@ def _penalties_(x: Tensor, history: Tensor, repetition_penalty, frequency_penalt
     new = torch.where(old > 0, old / theta, old * theta)
     new = new - counts * col(frequency_penalty, x) - col(presence_penalty, x)
     off = col(penalty_last_n, x, torch.int64) == 0
-    new = torch.where(off, old, new)
+    fmax = torch.finfo(x.dtype).max
+    new = torch.where(off | ~torch.isfinite(old), old, new.clamp(-fmax, fmax))  # stays finite
     rows = torch.arange(x.shape[0], device=x.device).view(-1, 1).expand_as(tok)
     # Duplicates of a token in a row write the same value, so the scatter order does not matter.
     x[rows[valid], tok[valid]] = new[valid]
@@ -75,4 +76,4 @@ def penalties(logits: Tensor, *, history, repetition_penalty=1.0, frequency_pena
         return x
     if not isinstance(args[3], Tensor) and args[3] == 0:
         return x
-    return _penalties_(x, as_history(history, x.shape[0], x.device), *args)
+    return _penalties_(x, check_history(as_history(history, x.shape[0], x.device), x.shape[1]), *args)

@@ -11,16 +11,28 @@ tensor([[4., 2., 0.]])
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from ._common import check_logits, col, is_neutral, knob
 
 
+MIN_T = 1e-6  # below this a (dynamic) temperature counts as 0: greedy
+FMAX = torch.finfo(torch.float32).max
+
+
 def _temperature_(x: Tensor, temperature) -> Tensor:
     if not isinstance(temperature, Tensor):
-        return x.div_(temperature) if temperature > 0 else x
-    T = col(temperature, x)
-    return x.div_(T.masked_fill(T <= 0, 1.0))  # greedy rows (T == 0) untouched
+        if temperature <= 0:
+            return x
+        x.div_(temperature)
+        sharpen = temperature < 1
+    else:
+        T = col(temperature, x)
+        x.div_(T.masked_fill(T <= 0, 1.0))  # greedy rows (T == 0) untouched
+        sharpen = bool((T < 1).any())
+    # A tiny T can push large logits past float32's range: keep them finite (and -inf masked).
+    return torch.nan_to_num_(x, nan=0.0, posinf=FMAX, neginf=float("-inf")) if sharpen else x
 
 
 def temperature(logits: Tensor, *, temperature=1.0) -> Tensor:

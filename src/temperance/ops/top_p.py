@@ -35,7 +35,7 @@ def nucleus_size(x: Tensor, top_p: Tensor, z: Tensor | None = None) -> tuple[Ten
     B, V = x.shape
     m = x.amax(-1, keepdim=True)
     if z is None:
-        z = torch.exp(x - m).sum(-1, keepdim=True, dtype=torch.float64)
+        z = x.double().sub_(m.double()).exp_().sum(-1, keepdim=True)
     target = top_p.double() * z
     W = min(WINDOW, V)
     while True:
@@ -67,7 +67,7 @@ def nucleus_candidates(x: Tensor, top_p) -> "Candidates":  # noqa: F821
     B, V = x.shape
     p = col(top_p, x).double()
     m = x.amax(-1, keepdim=True)
-    z = (x - m).exp_().sum(-1, keepdim=True).double()  # one [B, V] temporary, exponentiated in place
+    z = x.double().sub_(m.double()).exp_().sum(-1, keepdim=True)  # float64, as the dense path (nucleus_size)
     head, _ = chunked_topk(x, min(64, V))
     head_mass = torch.exp(head.double() - m.double()).cumsum(-1)
     stride = max(1, V // 2048)

@@ -29,7 +29,7 @@ def _xtc_(x: Tensor, xtc_probability, xtc_threshold, seed: Tensor, step: Tensor)
     act = noise.coin(seed, step, noise.SALT_XTC).view(-1, 1) < prob
     act &= thr <= 0.5
     p = torch.softmax(x, dim=-1)
-    above = p >= thr
+    above = (p >= thr) & torch.isfinite(x)  # a masked token (p = 0) never counts, even at 0
     act &= above.sum(-1, keepdim=True) >= 2
     if not bool(act.any()):
         return x
