@@ -58,7 +58,8 @@ def timed(fn, make, runs):
 
 
 def kept_check(cfg, B, V, hist, procs, rows=64):
-    """Rows where our kept set differs from HF's, and how many of those are boundary ties."""
+    """Rows where our kept set differs from HF's, how many of those are boundary ties, and how many
+    of the others a float64 reference decides for us."""
     x = torch.randn(B, V) * 3
     params = SamplingParams(**cfg)
     batch = Batch(params, size=B, history=hist)
@@ -66,14 +67,22 @@ def kept_check(cfg, B, V, hist, procs, rows=64):
     ours = torch.isfinite(c.dense())
     theirs = torch.isfinite(procs(hist[:, -cfg.get("penalty_last_n", 1):], x.clone()))
     differ = (ours != theirs).any(-1)
-    ties = 0
+    ties = ours_right = 0
     for i in differ.nonzero().view(-1).tolist():
+        if set(cfg) == {"top_p"}:  # float64 reference: value desc, id asc, shortest prefix >= p
+            row = x[i].double()
+            order = sorted(range(V), key=lambda j: (-row[j].item(), j))
+            q = torch.softmax(row, -1)[order].cumsum(0)
+            n = int((q < cfg["top_p"]).sum()) + 1
+            ref = torch.zeros(V, dtype=torch.bool)
+            ref[order[:n]] = True
+            ours_right += bool(torch.equal(ref, ours[i]))
         extra = theirs[i] & ~ours[i]
         if not (ours[i] & ~theirs[i]).any():  # HF keeps every token tied at the boundary
             kept_min = x[i][ours[i]].min()
             if bool((x[i][extra] == kept_min).all()):
                 ties += 1
-    return int(differ.sum()), ties
+    return int(differ.sum()), ties, ours_right
 
 
 def main() -> None:
@@ -90,7 +99,7 @@ def main() -> None:
     for threads in args.threads:
         torch.set_num_threads(threads)
         print(f"\n## {threads} thread(s)\n")
-        print("| chain | B | V | floor | ours | HF | ours/floor | HF/ours | kept≠HF (ties) |")
+        print("| chain | B | V | floor | ours | HF | ours/floor | HF/ours | kept≠HF (ties; float64 agrees with ours) |")
         print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
         for name, cfg in (("default", DEFAULT), ("top-p only", TOP_P)):
             procs = hf_processors(cfg)
@@ -107,10 +116,10 @@ def main() -> None:
                     ids = hist[:, -cfg.get("penalty_last_n", 1):]
                     hf = timed(lambda x: torch.multinomial(torch.softmax(procs(ids, x), -1), 1),
                                make, runs)
-                    bad, ties = kept_check(cfg, B, V, hist, procs)
+                    bad, ties, right = kept_check(cfg, B, V, hist, procs)
                     print(f"| {name} | {B} | {V} | {floor[0]:.3f} / {floor[1]:.3f} | "
                           f"{ours[0]:.2f} / {ours[1]:.2f} | {hf[0]:.1f} / {hf[1]:.1f} | "
-                          f"{ours[0] / floor[0]:.1f}x | {hf[0] / ours[0]:.0f}x | {bad} ({ties}) |",
+                          f"{ours[0] / floor[0]:.1f}x | {hf[0] / ours[0]:.0f}x | {bad} ({ties}; {right}) |",
                           flush=True)
 
 
