@@ -9,6 +9,7 @@ returned sequences are the same.
 
     python benchmarks/search.py                 # 64 new tokens, 3 runs
     python benchmarks/search.py --tokens 32 --runs 2
+    python benchmarks/search.py --mbr 8 32 64 --utilities chrf bleu embedding   # + MBR cost split
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ def main() -> None:
     ap.add_argument("--beams", type=int, default=4)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--mbr", type=int, nargs="*", default=[8, 32, 64], help="MBR candidate counts (none: skip)")
+    ap.add_argument("--mbr-tokens", type=int, default=32)
+    ap.add_argument("--utilities", nargs="*", default=["chrf", "bleu", "embedding"])
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     rt = models.load("smollm2", threads=a.threads)
@@ -66,6 +70,26 @@ def main() -> None:
         t = res[name][0]
         print(f"  {name:5s} {t:7.3f} s   {a.tokens / t:7.2f} tokens/s")
     print(f"  ours/hf speed ratio: {res['hf'][0] / res['ours'][0]:.3f}   same tokens: {same}")
+    if a.mbr:
+        mbr_costs(rt, a)
+
+
+def mbr_costs(rt, a) -> None:
+    """MBR cost for N candidates, split into sampling (generate, n=N) and utility (N·(N−1) pairs)."""
+    from temperance.mbr import _sample, mbr_select
+
+    print(f"\nMBR, {a.mbr_tokens} new tokens per candidate, epsilon 0.02 sampling")
+    print("| N | sampling s | utility | utility s | total s |")
+    print("|---:|---:|---|---:|---:|")
+    for n in a.mbr:
+        t0 = time.perf_counter()
+        texts, lps, _ = _sample(rt, PROMPT, None, n, max_tokens=a.mbr_tokens)
+        t_sample = time.perf_counter() - t0
+        for utility in a.utilities:
+            t1 = time.perf_counter()
+            mbr_select(texts, utility, logprobs=lps)
+            t_util = time.perf_counter() - t1
+            print(f"| {n} | {t_sample:.2f} | {utility} | {t_util:.3f} | {t_sample + t_util:.2f} |", flush=True)
 
 
 if __name__ == "__main__":
