@@ -206,18 +206,22 @@ class Chain:
         if "logit_bias" in pre:
             parts.append(batch.logit_bias(V)[0])
         touched = torch.cat(parts, dim=1) if parts else logits.new_empty((B, 0), dtype=torch.int64)
-        touched = torch.where(touched < 0, V, touched).sort(-1).values
-        touched[:, 1:].masked_fill_(touched[:, 1:] == touched[:, :-1], V)
-        uniq = touched.sort(-1).values  # [B, U] distinct touched ids, ascending, padded with V
+        # Distinct touched ids per row (ascending, padded with V), and each touched entry's column.
+        srt, perm = torch.where(touched < 0, V, touched).sort(-1)
+        new = torch.ones_like(srt, dtype=torch.bool)
+        new[:, 1:] = srt[:, 1:] != srt[:, :-1]
+        rank = new.cumsum(-1) - 1
+        uniq = torch.full_like(srt, V).scatter_(1, rank, srt)
+        column = torch.empty_like(rank).scatter_(1, perm, rank)  # touched[b, i] == uniq[b, column[b, i]]
         raw = logits.gather(1, uniq.clamp(max=V - 1)).float().masked_fill_(uniq == V, float("-inf"))
         edited = raw.clone()
         for name in pre:
             if name == "logit_bias":
                 ids, vals = batch.logit_bias(V)
-                _logit_bias_(edited, torch.searchsorted(uniq, ids), vals)
+                _logit_bias_(edited, column[:, touched.shape[1] - ids.shape[1]:], vals)
             else:
                 h = parts[0]  # the penalty window, already cut to the last n tokens
-                hc = torch.where(h >= 0, torch.searchsorted(uniq, h.clamp(min=0)), -1)
+                hc = torch.where(h >= 0, column[:, : h.shape[1]], -1)
                 _penalties_(edited, hc, batch.knob("repetition_penalty"), batch.knob("frequency_penalty"),
                             batch.knob("presence_penalty"), batch.knob("penalty_last_n"))
         k = batch.knob("top_k")

@@ -33,9 +33,33 @@ def chunked_topk(x: Tensor, k: int) -> tuple[Tensor, Tensor]:
     n = int((cmax >= t0).sum(-1).max())
     if n > k:  # chunk maxima tied at t0: take every chunk that reaches it
         chunks = torch.topk(cmax, n, dim=-1, sorted=False).indices  # [B, n]
-    idx = (chunks.unsqueeze(-1) * CHUNK + torch.arange(CHUNK, device=x.device)).view(B, -1)
-    inside = idx < V
-    idx = idx.clamp_(max=V - 1)
-    g = x.gather(1, idx).masked_fill_(~inside, float("-inf"))
-    v, j = torch.topk(g, k, dim=-1)
-    return v, idx.gather(1, j)
+    # Copy the selected chunks as whole rows of a [B·C, CHUNK] view (row copies, no per-element
+    # index tensor: several times faster than a gather here).
+    n = chunks.shape[1]
+    rows = (torch.arange(B, device=x.device).view(-1, 1) * C + chunks.clamp(max=C - 1)).view(-1)
+    g = x[:, : C * CHUNK].reshape(B * C, CHUNK).index_select(0, rows).view(B, n, CHUNK)
+    if V % CHUNK:  # the last, partial chunk (id C) comes from a small padded copy
+        tail = torch.full((B, 1, CHUNK), float("-inf"), dtype=x.dtype, device=x.device)
+        tail[:, 0, : V - C * CHUNK] = x[:, C * CHUNK:]
+        g = torch.where((chunks == C).unsqueeze(-1), tail, g)
+    g = g.view(B, n * CHUNK)
+
+    def ids(pos: Tensor) -> Tensor:  # position in g -> token id
+        return chunks.gather(1, pos // CHUNK) * CHUNK + pos % CHUNK
+
+    if bool(torch.isfinite(t0).all()):
+        # Only the entries >= t0 can be in the top k, and there are few of them: keep just those.
+        W = g.shape[1]
+        flat = (g >= t0).view(-1).nonzero().view(-1)  # row-major
+        rows = flat // W
+        counts = torch.bincount(rows, minlength=B)
+        K = int(counts.max())
+        dest = rows * K + torch.arange(flat.numel(), device=x.device) - (counts.cumsum(0) - counts)[rows]
+        vals = g.new_full((B, K), float("-inf"))
+        vals.view(-1)[dest] = g.view(-1)[flat]
+        pos = torch.zeros(B, K, dtype=torch.int64, device=x.device)
+        pos.view(-1)[dest] = flat - rows * W
+        v, j = torch.topk(vals, k, dim=-1)
+        return v, ids(pos.gather(1, j))
+    v, j = torch.topk(g, k, dim=-1)  # NaN / inf / empty rows: let topk surface them in v[:, 0]
+    return v, ids(j)
