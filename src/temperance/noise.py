@@ -44,17 +44,29 @@ def _mix(z: Tensor) -> Tensor:
     return z ^ _shr(z, 31)
 
 
+def _mix_(z: Tensor, tmp: Tensor) -> Tensor:
+    """`_mix` in place (``tmp``: scratch of z's shape): no [B, K] allocation per operation."""
+    for shift, mult in ((30, _M1), (27, _M2), (31, None)):
+        torch.bitwise_right_shift(z, shift, out=tmp).bitwise_and_((1 << (64 - shift)) - 1)
+        z.bitwise_xor_(tmp)
+        if mult is not None:
+            z.mul_(mult)
+    return z
+
+
 def uniform(seed: Tensor, step: Tensor, index: Tensor, salt: int = SALT_PICK) -> Tensor:
     """Uniforms in (0, 1), float64, shaped like ``index`` ``[B, K]``; seed and step are ``[B]``."""
     h = _mix(seed.view(-1, 1).to(torch.int64) + _wrap(0x9E3779B97F4A7C15 * (salt + 1)))
-    h = _mix(h + step.view(-1, 1).to(torch.int64) * _GOLDEN)
-    h = _mix(h + index.to(torch.int64))
-    return (_shr(h, 11).to(torch.float64) + 0.5) * 2.0**-53
+    h = _mix(h + step.view(-1, 1).to(torch.int64) * _GOLDEN)           # [B, 1]: one per row
+    z = index.to(torch.int64) + h                                      # [B, K]: the big part,
+    _mix_(z, torch.empty_like(z))                                      # done in place
+    z.bitwise_right_shift_(11).bitwise_and_((1 << 53) - 1)
+    return z.to(torch.float64).add_(0.5).mul_(2.0**-53)
 
 
 def gumbel(seed: Tensor, step: Tensor, index: Tensor) -> Tensor:
     """Standard Gumbel noise: argmax(logits + gumbel) is a draw from softmax(logits)."""
-    return -torch.log(-torch.log(uniform(seed, step, index)))
+    return uniform(seed, step, index).log_().neg_().log_().neg_()
 
 
 def coin(seed: Tensor, step: Tensor, salt: int) -> Tensor:

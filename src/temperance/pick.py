@@ -64,17 +64,22 @@ def pick(x: Tensor | Candidates, *, seed: Tensor, step: Tensor, greedy: Tensor |
     greedy = torch.as_tensor(greedy, device=device).expand(B).view(-1, 1)
     seed = torch.as_tensor(seed, dtype=torch.int64, device=device).expand(B)
     step = torch.as_tensor(step, dtype=torch.int64, device=device).expand(B)
-    l64 = c.logits.double()
-    score = l64 if bool(greedy.all()) else torch.where(greedy, l64, l64 + noise.gumbel(seed, step, c.ids))
+    l = c.logits
+    if bool(greedy.all()):
+        score = l
+    else:
+        score = noise.gumbel(seed, step, c.ids).add_(l)  # float64 [B, K]
+        if bool(greedy.any()):
+            score = torch.where(greedy, l.double(), score)
     pos = score.argmax(-1, keepdim=True)  # first maximum: lowest id, since ids ascend in a row
     tokens = c.ids.gather(1, pos).view(-1)
-    logq = torch.log_softmax(c.logits, dim=-1)
+    lse = torch.logsumexp(l, dim=-1, keepdim=True)
     raw = None
     if raw_logits is not None:
         raw = (raw_logits.gather(1, tokens.view(-1, 1)).view(-1).float()
                - torch.logsumexp(raw_logits.float(), dim=-1))
     top_ids = top_lp = None
     if top_n > 0:
-        lp, j = torch.topk(logq, min(top_n, logq.shape[1]), dim=-1)
-        top_ids, top_lp = c.ids.gather(1, j), lp
-    return Picked(tokens, logq.gather(1, pos).view(-1), raw, top_ids, top_lp)
+        lp, j = torch.topk(l, min(top_n, l.shape[1]), dim=-1)
+        top_ids, top_lp = c.ids.gather(1, j), lp - lse
+    return Picked(tokens, (l.gather(1, pos) - lse).view(-1), raw, top_ids, top_lp)
