@@ -228,11 +228,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     stream = not args.json and len(prompts) * args.n == 1
     out = [[Completion() for _ in range(args.n)] for _ in prompts]
     for e in generate(runtime, prompts, params, **kw):
-        c = out[e.request][e.sample]
-        c.text += e.text
-        c.tokens.append(e.token)
-        c.logprobs.append(e.logprob)
-        c.finish_reason = e.finish_reason
+        out[e.request][e.sample].add(e)
         if stream:
             sys.stdout.write(e.text)
             sys.stdout.flush()

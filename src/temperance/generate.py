@@ -79,6 +79,13 @@ class Completion:
     logprobs: list[float] = dataclasses.field(default_factory=list)
     finish_reason: str | None = None
 
+    def add(self, e: Event) -> None:
+        """Fold one event of this sample in."""
+        self.text += e.text
+        self.tokens.append(e.token)
+        self.logprobs.append(e.logprob)
+        self.finish_reason = e.finish_reason
+
 
 def encode_prompts(tokenizer: Any, prompts: Sequence[str | Sequence[int]], *, chat: bool = False,
                    max_context: int | None = None) -> list[list[int]]:
@@ -425,9 +432,5 @@ def generate_text(runtime: Any, prompts: Sequence[str | Sequence[int]],
     n = kwargs.get("n", 1)
     out = [[Completion() for _ in range(n)] for _ in prompts]
     for e in generate(runtime, prompts, params, **kwargs):
-        c = out[e.request][e.sample]
-        c.text += e.text
-        c.tokens.append(e.token)
-        c.logprobs.append(e.logprob)
-        c.finish_reason = e.finish_reason
+        out[e.request][e.sample].add(e)
     return out
