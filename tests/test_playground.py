@@ -1,7 +1,6 @@
 """The playground in headless Debian chromium (playwright, system browser; never `playwright install`)."""
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest

@@ -43,7 +43,6 @@ from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
 import torch
-from torch import Tensor
 
 from .batch import Batch
 from .chain import Chain
