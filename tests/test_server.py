@@ -246,8 +246,33 @@ def test_load_32_concurrent_streams_match_sequential(server, client):
     for i in check:
         assert out[i] == sequential[i], (i, out[i], sequential[i])
     batches = httpx.get(server + "/health").json()["batches"] - batches_before
-    assert batches < total, "requests were not batched"
+    # mixed max_tokens, temperatures and min_p share one decode loop: far fewer calls than requests
+    assert batches <= total // 4, f"requests were not batched ({batches} generate calls)"
     print(f"\n{total} streaming requests, concurrency 32: {elapsed:.1f} s, {batches} generate calls")
+    _healthy(server)
+
+
+def test_mixed_limits_share_one_batch_and_keep_their_own_limits(server, client):
+    reqs = [dict(prompt="Once upon a time", seed=7 + i, max_tokens=m, temperature=1.0,
+                 stop=stop, extra_body={"min_tokens": mn})
+            for i, (m, mn, stop) in enumerate([(3, 0, None), (9, 9, None), (6, 0, ["\n"]), (12, 0, None)])]
+    alone = [client.completions.create(model="smollm2", **r).choices[0].text for r in reqs]
+
+    async def main():
+        ac = openai.AsyncOpenAI(base_url=server + "/v1", api_key="none", max_retries=0, timeout=120)
+        res = await asyncio.gather(*(ac.completions.create(model="smollm2", **r) for r in reqs))
+        await ac.close()
+        return res
+
+    before = httpx.get(server + "/health").json()["batches"]
+    res = asyncio.run(main())
+    calls = httpx.get(server + "/health").json()["batches"] - before
+    assert calls <= 2, calls  # one batch (two if the first request was taken alone)
+    for r, out, a in zip(reqs, res, alone):
+        used = out.usage.completion_tokens
+        assert used <= r["max_tokens"], (r, used)
+        assert used >= r["extra_body"]["min_tokens"], (r, used)
+        assert out.choices[0].text == a  # seeded: the same text alone and batched
     _healthy(server)
 
 

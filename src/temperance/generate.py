@@ -147,7 +147,8 @@ class _Group:
 
 def generate(runtime: Any, prompts: Sequence[str | Sequence[int]],
              params: SamplingParams | Sequence[SamplingParams] = SamplingParams(), *,
-             max_tokens: int = 64, min_tokens: int = 0, n: int = 1, stop: Sequence[str] = (),
+             max_tokens: int | Sequence[int] = 64, min_tokens: int | Sequence[int] = 0, n: int = 1,
+             stop: Sequence[str] | Sequence[Sequence[str]] = (),
              chat: bool = False, top_n: int = 0, raw_logprobs: bool = False,
              tokenizer: Any = None, constraint: Any = None,
              ban_phrases: Any = None) -> Iterator[Event]:
@@ -158,11 +159,13 @@ def generate(runtime: Any, prompts: Sequence[str | Sequence[int]],
         prompts: strings (encoded with the tokenizer) or token-id lists; a single string is one
             prompt.
         params: one `SamplingParams` for all prompts, or one per prompt.
-        max_tokens: most tokens per row (finish "length").
-        min_tokens: EOS tokens are banned until a row has this many tokens.
+        max_tokens: most tokens per row (finish "length"); one value, or one per prompt.
+        min_tokens: EOS tokens are banned until a row has this many tokens; one value, or one per
+            prompt.
         n: samples per prompt (seeds `seed + 0 .. seed + n-1`; an unseeded request draws its seed
             from torch's global RNG).
-        stop: stop strings (matched on decoded text, across token boundaries; never emitted).
+        stop: stop strings (matched on decoded text, across token boundaries; never emitted): one
+            list for every prompt, or one list per prompt.
         chat: wrap each text prompt as one user message and apply the model's chat template.
         top_n: also report the top-n processed candidates of each step.
         raw_logprobs: also report each token's logprob under the unprocessed logits (after the
@@ -183,16 +186,24 @@ def generate(runtime: Any, prompts: Sequence[str | Sequence[int]],
         prompts = [prompts]
     if not prompts:
         raise TemperanceError("generate needs at least one prompt")
-    for name, v, lo in (("max_tokens", max_tokens, 1), ("min_tokens", min_tokens, 0), ("n", n, 1),
-                        ("top_n", top_n, 0)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-            raise TemperanceError(f"{name} must be an integer >= {lo}, got {v!r}")
+    max_req = _per_prompt("max_tokens", max_tokens, len(prompts))
+    min_req = _per_prompt("min_tokens", min_tokens, len(prompts))
+    for name, vs, lo in (("max_tokens", max_req, 1), ("min_tokens", min_req, 0), ("n", [n], 1),
+                         ("top_n", [top_n], 0)):
+        for v in vs:
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+                raise TemperanceError(f"{name} must be an integer >= {lo}, got {v!r}")
     if isinstance(params, SamplingParams):
         params = [params] * len(prompts)
     params = list(params)
     if len(params) != len(prompts):
         raise TemperanceError(f"got {len(params)} SamplingParams for {len(prompts)} prompts")
-    stops = StopStrings(stop) if stop else None  # validates the stop strings
+    if stop and not isinstance(stop, str) and all(isinstance(x, (list, tuple)) for x in stop):
+        if len(stop) != len(prompts):
+            raise TemperanceError(f"got {len(stop)} stop lists for {len(prompts)} prompts")
+        stop_req = [StopStrings(x) if x else None for x in stop]  # validates the stop strings
+    else:
+        stop_req = [StopStrings(stop) if stop else None] * len(prompts)
     max_context = getattr(runtime, "max_context", None)
     ids = encode_prompts(tokenizer, prompts, chat=chat, max_context=max_context)
     if constraint is not None and hasattr(constraint, "row"):
@@ -217,7 +228,9 @@ def generate(runtime: Any, prompts: Sequence[str | Sequence[int]],
     breakers = dry_breakers_for(row_params, tokenizer)
     eos = sorted(int(t) for t in getattr(runtime, "eos_token_ids", ()) or ())
     detoks = [Detokenizer(tokenizer, ids[r]) if tokenizer is not None else None for r in row_req]
-    row_stops = [stops.copy() if stops else None for _ in row_req]
+    row_stops = [stop_req[r].copy() if stop_req[r] else None for r in row_req]
+    row_max = [max_req[r] for r in row_req]
+    row_min = [min_req[r] for r in row_req]
     count = [0] * len(row_req)
     row_cons = ([constraint[r].row(runtime) if constraint[r] is not None else None for r in row_req]
                 if constraint is not None else [None] * len(row_req))
@@ -238,7 +251,7 @@ def generate(runtime: Any, prompts: Sequence[str | Sequence[int]],
         d, s, rb = detoks[r], row_stops[r], row_bans[r]
         is_eos = tok in eos
         delta = (d.flush() if is_eos else d.push(tok)) if d is not None else ""
-        at_limit = count[r] >= max_tokens or (
+        at_limit = count[r] >= row_max[r] or (
             max_context is not None and len(history[r]) + count[r] >= max_context)
         if not is_eos and at_limit and d is not None:
             delta += d.flush()
@@ -297,8 +310,8 @@ def generate(runtime: Any, prompts: Sequence[str | Sequence[int]],
                     logits[j, cols] = float("-inf")
                     if not bool(torch.isfinite(logits[j]).any()):
                         logits[j, cols] = old  # every alternative is banned: accept the phrase
-        if min_tokens and eos:
-            young = torch.tensor([count[r] < min_tokens for r in live])
+        if any(row_min) and eos:
+            young = torch.tensor([count[r] < row_min[r] for r in live])
             if bool(young.any()):
                 logits[young.nonzero().view(-1)[:, None], eos_cols[None, :]] = float("-inf")
                 for j, r, why in constrained:
@@ -362,7 +375,7 @@ def generate(runtime: Any, prompts: Sequence[str | Sequence[int]],
                     finish = "stop" if hit else None
                 else:
                     text = delta
-                at_limit = count[r] >= max_tokens or (
+                at_limit = count[r] >= row_max[r] or (
                     max_context is not None and len(history[r]) + count[r] >= max_context)
                 if finish is None and at_limit:
                     finish = "length"
@@ -420,6 +433,15 @@ def generate(runtime: Any, prompts: Sequence[str | Sequence[int]],
             live = [live[j] for j in keep]
             tokens = tokens[torch.tensor(keep, dtype=torch.int64)]
         logits = runtime.decode(tokens)
+
+
+def _per_prompt(name: str, value: Any, n: int) -> list:
+    """One value for every prompt, or a sequence with one per prompt."""
+    if isinstance(value, (list, tuple)):
+        if len(value) != n:
+            raise TemperanceError(f"got {len(value)} values of {name} for {n} prompts")
+        return list(value)
+    return [value] * n
 
 
 def generate_text(runtime: Any, prompts: Sequence[str | Sequence[int]],

@@ -11,9 +11,9 @@ Sampling knobs beyond OpenAI's are extra body fields under llama.cpp server name
 Scheduling (static micro-batching). One worker thread owns the model. Requests are validated and
 tokenized on arrival, then put on a bounded queue (full → 429). The worker takes the oldest job plus
 everything else queued, up to ``max_batch`` rows (a request with ``n`` samples is ``n`` rows), and
-runs the jobs that share ``(max_tokens, min_tokens, stop)`` with it in ONE `generate` call;
-the other taken jobs run in further calls right after. Requests that arrive while a batch runs
-wait for the next batch (no continuous batching). Each sample is its own row with seed
+runs them all in ONE `generate` call, each row with its own request's knobs, seed, ``max_tokens``,
+``min_tokens`` and stop strings. Requests that arrive while a batch runs wait for the next batch
+(no continuous batching). Each sample is its own row with seed
 ``seed + sample`` (as `generate` does for ``n``), so a seeded request gives the same text alone
 or batched.
 
@@ -121,19 +121,17 @@ class Worker:
 
     def _run(self) -> None:
         while True:
-            jobs = [j for j in self._take() if not j.cancelled]
-            groups: dict[tuple, list[Job]] = {}
-            for j in jobs:
-                groups.setdefault((j.opts.max_tokens, j.opts.min_tokens, j.opts.stop), []).append(j)
-            for group in groups.values():
-                try:
-                    with self.lock:
-                        self._generate(group)
-                except Exception as e:  # noqa: BLE001 - reported to the clients, worker lives on
-                    msg = str(e) if isinstance(e, TemperanceError) else f"internal error: {type(e).__name__}: {e}"
-                    for j in group:
-                        j.put(APIError(400 if isinstance(e, TemperanceError) else 500, msg,
-                                       "invalid_request_error" if isinstance(e, TemperanceError) else "server_error"))
+            group = [j for j in self._take() if not j.cancelled]
+            if not group:
+                continue
+            try:
+                with self.lock:
+                    self._generate(group)
+            except Exception as e:  # noqa: BLE001 - reported to the clients, worker lives on
+                msg = str(e) if isinstance(e, TemperanceError) else f"internal error: {type(e).__name__}: {e}"
+                for j in group:
+                    j.put(APIError(400 if isinstance(e, TemperanceError) else 500, msg,
+                                   "invalid_request_error" if isinstance(e, TemperanceError) else "server_error"))
 
     def _generate(self, jobs: list[Job]) -> None:
         from .generate import generate
@@ -142,10 +140,11 @@ class Worker:
         prompts = [j.ids for j, _ in rows]
         params = [replace(j.params, seed=(j.params.seed + s) % 2**63) for j, s in rows]
         top = max((j.opts.top_logprobs for j in jobs), default=0)
-        o = jobs[0].opts
         self.batches += 1
-        gen = generate(self.runtime, prompts, params, max_tokens=o.max_tokens, min_tokens=o.min_tokens,
-                       stop=o.stop, top_n=top)
+        # every row keeps its own request's limits and stop strings: one decode loop for all
+        gen = generate(self.runtime, prompts, params, max_tokens=[j.opts.max_tokens for j, _ in rows],
+                       min_tokens=[j.opts.min_tokens for j, _ in rows],
+                       stop=[list(j.opts.stop or ()) for j, _ in rows], top_n=top)
         try:
             for e in gen:
                 job, sample = rows[e.request]
