@@ -1,4 +1,4 @@
-"""Shared plumbing for the ops: knob columns, history tensors, softmax over finite entries.
+"""Shared plumbing for the ops: knob columns and history tensors.
 
 Every op takes dense logits ``[B, V]`` first. A knob is a Python scalar (same for every row) or a
 ``[B]`` tensor. The public op validates, copies and calls the in-place kernel ``_name_``; the chain
@@ -6,8 +6,6 @@ calls the kernels directly on its own working tensor (which it owns, so writing 
 """
 
 from __future__ import annotations
-
-from typing import Sequence
 
 import torch
 from torch import Tensor
@@ -84,28 +82,3 @@ def as_history(history, B: int, device: torch.device) -> Tensor:
     if bool((h < -1).any()):
         raise TemperanceError("history token ids must be >= 0")
     return h.to(device)
-
-
-def finite_softmax(x: Tensor) -> Tensor:
-    """softmax over the finite entries of each row (masked entries get probability 0)."""
-    return torch.softmax(x, dim=-1)  # exp(-inf - max) = 0; rows always hold >= 1 finite entry
-
-
-def keep_top_if_empty(x: Tensor, keep: Tensor) -> Tensor:
-    """Make sure every row keeps at least its most likely token (min_keep = 1)."""
-    top = x.argmax(dim=-1, keepdim=True)
-    return keep.scatter(1, top, True)
-
-
-def mask_(x: Tensor, keep: Tensor) -> Tensor:
-    """Truncation is masking: set every entry not kept to -inf, in place."""
-    return x.masked_fill_(~keep, NEG_INF)
-
-
-def stable_sort_desc(x: Tensor) -> tuple[Tensor, Tensor]:
-    """Sort each row by value descending; ties keep position order (= token-id order)."""
-    return torch.sort(x, dim=-1, descending=True, stable=True)
-
-
-def rows_of(value, active: Sequence[bool]) -> list[int]:
-    return [i for i, a in enumerate(active) if a]
