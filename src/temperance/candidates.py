@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .ops._common import compact
 from .ops._topk import CHUNK
 
 
@@ -58,16 +59,9 @@ class Candidates:
             vals = torch.cat([F.pad(c.logits, (0, K - c.logits.shape[1]), value=float("-inf")) for c in parts])
             out = torch.cat([F.pad(c.ids, (0, K - c.ids.shape[1]), value=V) for c in parts])
             return Candidates(vals, out, V)
-        flat = keep.reshape(-1).nonzero().view(-1)  # row-major: ascending positions within a row
-        rows = flat // W
-        counts = torch.bincount(rows, minlength=B)
-        K = max(int(counts.max()), 1)
-        dest = rows * K + (torch.arange(flat.numel(), device=x.device) - (counts.cumsum(0) - counts)[rows])
-        vals = x.new_full((B, K), float("-inf"))
-        vals.view(-1).index_copy_(0, dest, x.reshape(-1).index_select(0, flat))
-        out = torch.full((B, K), V, dtype=torch.int64, device=x.device)
-        out.view(-1).index_copy_(0, dest, flat - rows * W if ids is None else ids.reshape(-1).index_select(0, flat))
-        return Candidates(vals, out, V)
+        vals, pos = compact(x, keep)
+        out = pos if ids is None else ids.gather(1, pos.clamp(max=W - 1))
+        return Candidates(vals, torch.where(pos < W, out, V), V)
 
     @staticmethod
     def at_least(x: Tensor, t: Tensor) -> Candidates:

@@ -82,3 +82,23 @@ def as_history(history, B: int, device: torch.device) -> Tensor:
     if bool((h < -1).any()):
         raise TemperanceError("history token ids must be >= 0")
     return h.to(device)
+
+
+def compact(x: Tensor, keep: Tensor) -> tuple[Tensor, Tensor]:
+    """The entries of ``x`` ``[B, W]`` where ``keep``, packed to the left of ``[B, K]`` rows.
+
+    Returns the values (``-inf`` padding) and their positions in ``x`` (padding: ``W``), in
+    position order, with K the largest count of any row (at least 1). One nonzero, no sort.
+    """
+    B, W = x.shape
+    flat = keep.reshape(-1).nonzero().view(-1)  # row-major: ascending positions within a row
+    rows = flat // W
+    counts = torch.bincount(rows, minlength=B)
+    K = max(int(counts.max()) if B else 0, 1)
+    dest = rows * K + torch.arange(flat.numel(), device=x.device) - (counts.cumsum(0) - counts)[rows]
+    vals = x.new_full((B, K), NEG_INF)
+    vals.view(-1).index_copy_(0, dest, x.reshape(-1).index_select(0, flat))
+    pos = torch.full((B, K), W, dtype=torch.int64, device=x.device)
+    pos.view(-1).index_copy_(0, dest, flat - rows * W)
+    return vals, pos
+

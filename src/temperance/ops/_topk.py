@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ._common import compact
+
 CHUNK = 128
 
 
@@ -49,16 +51,7 @@ def chunked_topk(x: Tensor, k: int) -> tuple[Tensor, Tensor]:
 
     if bool(torch.isfinite(t0).all()):
         # Only the entries >= t0 can be in the top k, and there are few of them: keep just those.
-        W = g.shape[1]
-        flat = (g >= t0).view(-1).nonzero().view(-1)  # row-major
-        rows = flat // W
-        counts = torch.bincount(rows, minlength=B)
-        K = int(counts.max())
-        dest = rows * K + torch.arange(flat.numel(), device=x.device) - (counts.cumsum(0) - counts)[rows]
-        vals = g.new_full((B, K), float("-inf"))
-        vals.view(-1)[dest] = g.view(-1)[flat]
-        pos = torch.zeros(B, K, dtype=torch.int64, device=x.device)
-        pos.view(-1)[dest] = flat - rows * W
+        vals, pos = compact(g, g >= t0)  # at least k per row: k chunks reach t0
         v, j = torch.topk(vals, k, dim=-1)
         return v, ids(pos.gather(1, j))
     v, j = torch.topk(g, k, dim=-1)  # NaN / inf / empty rows: let topk surface them in v[:, 0]

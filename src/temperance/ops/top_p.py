@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._common import NEG_INF, check_logits, col, is_neutral, knob
+from ._common import NEG_INF, compact, check_logits, col, is_neutral, knob
 from ._topk import chunked_topk
 
 WINDOW = 256
@@ -120,13 +120,12 @@ def _cut(c: Tensor, e: Tensor, p: Tensor, z: Tensor, m: Tensor, bins: int = 1024
     mass_over = torch.cat([above[:, 1:], above.new_zeros(B, 1)], 1).gather(1, cut)
     band = (b == cut) & torch.isfinite(c)
     # Sort only the band (descending value, ties by position = token id); take the shortest prefix.
-    from ..candidates import Candidates
-    bc = Candidates.where(c, band)                      # [B, nb], positions ascending, pad = K
-    vals, order = torch.sort(bc.logits, dim=-1, descending=True, stable=True)
-    cum = mass_over + e.gather(1, bc.ids.clamp(max=K - 1).gather(1, order)).masked_fill_(
-        ~torch.isfinite(vals), 0.0).cumsum(-1)
+    band_vals, band_pos = compact(c, band)              # [B, nb], positions ascending, pad = K
+    vals, order = torch.sort(band_vals, dim=-1, descending=True, stable=True)
+    pos = band_pos.gather(1, order)
+    cum = mass_over + e.gather(1, pos.clamp(max=K - 1)).masked_fill_(~torch.isfinite(vals), 0.0).cumsum(-1)
     take = (cum < target).sum(-1, keepdim=True) + 1     # include the crossing token
-    kept_pos = torch.where(torch.arange(vals.shape[1], device=c.device) < take, bc.ids.gather(1, order), K)
+    kept_pos = torch.where(torch.arange(vals.shape[1], device=c.device) < take, pos, K)
     in_band_kept = torch.zeros(B, K + 1, dtype=torch.bool, device=c.device).scatter_(1, kept_pos, True)
     in_band_kept = in_band_kept[:, :K] & band
     keep = (b > cut) & torch.isfinite(c) | in_band_kept
