@@ -21,7 +21,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from .ops._common import compact
@@ -50,15 +49,6 @@ class Candidates:
         of every position, default the position itself)."""
         B, W = x.shape
         V = vocab_size or W
-        step = max(1, (1 << 19) // max(W, 1))  # blocks of rows: small temporaries stay in cache
-        if B > step:
-            parts = [Candidates.where(x[i:i + step], keep[i:i + step],
-                                      None if ids is None else ids[i:i + step], V)
-                     for i in range(0, B, step)]
-            K = max(c.logits.shape[1] for c in parts)
-            vals = torch.cat([F.pad(c.logits, (0, K - c.logits.shape[1]), value=float("-inf")) for c in parts])
-            out = torch.cat([F.pad(c.ids, (0, K - c.ids.shape[1]), value=V) for c in parts])
-            return Candidates(vals, out, V)
         vals, pos = compact(x, keep)
         out = pos if ids is None else ids.gather(1, pos.clamp(max=W - 1))
         return Candidates(vals, torch.where(pos < W, out, V), V)

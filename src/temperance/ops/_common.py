@@ -8,6 +8,7 @@ calls the kernels directly on its own working tensor (which it owns, so writing 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import TemperanceError
@@ -88,9 +89,16 @@ def compact(x: Tensor, keep: Tensor) -> tuple[Tensor, Tensor]:
     """The entries of ``x`` ``[B, W]`` where ``keep``, packed to the left of ``[B, K]`` rows.
 
     Returns the values (``-inf`` padding) and their positions in ``x`` (padding: ``W``), in
-    position order, with K the largest count of any row (at least 1). One nonzero, no sort.
+    position order, with K the largest count of any row (at least 1). One nonzero, no sort; large
+    inputs go in blocks of rows so that the temporaries stay small (fresh big allocations are slow).
     """
     B, W = x.shape
+    step = max(1, (1 << 19) // max(W, 1))
+    if B > step:
+        parts = [compact(x[i:i + step], keep[i:i + step]) for i in range(0, B, step)]
+        K = max(v.shape[1] for v, _ in parts)
+        return (torch.cat([F.pad(v, (0, K - v.shape[1]), value=NEG_INF) for v, _ in parts]),
+                torch.cat([F.pad(p, (0, K - p.shape[1]), value=W) for _, p in parts]))
     flat = keep.reshape(-1).nonzero().view(-1)  # row-major: ascending positions within a row
     rows = flat // W
     counts = torch.bincount(rows, minlength=B)
