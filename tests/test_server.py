@@ -78,6 +78,15 @@ def test_models_and_health(server, client):
     _healthy(server)
 
 
+def test_samplers_endpoint_lists_the_registry(server):
+    from temperance.params import FIELDS, SAMPLERS
+
+    d = httpx.get(server + "/v1/samplers", timeout=10).json()
+    assert d["order"] == list(SAMPLERS)
+    fields = {k["field"] for s in d["stages"] for k in s["knobs"]} | {k["field"] for k in d["mirostat"]["knobs"]}
+    assert fields == set(FIELDS)
+
+
 def test_completion_with_knobs_logprobs_usage(client):
     r = client.completions.create(
         model="smollm2", prompt="The capital of France is", max_tokens=6, seed=3, temperature=0.8,

@@ -27,11 +27,25 @@ batch through ``select(index)``. XTC needs no state: its coin is keyed by the ro
 >>> batch = Batch(SamplingParams(top_k=2, temperature=0), size=1)
 >>> chain(torch.tensor([[1.0, 3.0, 2.0]]), batch)
 tensor([[-inf, 3., 2.]])
+
+Your own stage is a function ``(logits, batch) -> logits`` placed anywhere in the order; it sees
+the dense ``[B, V]`` logits (the chain compacts only after it), may edit them in place, and must
+leave every row at least one finite logit:
+
+>>> def ban_odd(logits, batch):
+...     "remove every odd token id"
+...     logits[:, 1::2] = float("-inf")
+...     return logits
+>>> chain = Chain(["top_k", ban_odd, "temperature"])
+>>> print(chain)
+top_k → ban_odd → temperature
+>>> chain(torch.tensor([[1.0, 3.0, 2.0]]), Batch(SamplingParams(top_k=2), size=1))
+tensor([[-inf, -inf, 2.]])
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -39,53 +53,26 @@ from torch import Tensor
 from .batch import Batch
 from .candidates import Candidates
 from .errors import TemperanceError
+from .ops._common import check_history, check_not_empty
 from .ops._topk import chunked_topk
-from .ops.dry import _dry_
-from .ops.dynatemp import _dynatemp_
-from .ops.epsilon import _epsilon_
-from .ops.eta import _eta_
 from .ops.logit_bias import _logit_bias_
-from .ops.min_p import _min_p_
-from .ops.min_p import threshold as min_p_threshold
 from .ops.mirostat import _mirostat_, mirostat_update
-from .ops.no_repeat_ngram import _no_repeat_ngram_
 from .ops.penalties import _penalties_, window
-from .ops.smoothing import _smoothing_
-from .ops.temperature import _temperature_
-from .ops.tfs import _tfs_
-from .ops.top_a import _top_a_
-from .ops._common import check_history
 from .ops.top_k import _top_k_
-from .ops.top_n_sigma import _top_n_sigma_
-from .ops.top_n_sigma import threshold as sigma_threshold
-from .ops.top_p import _top_p_, nucleus_candidates
-from .ops.typical import _typical_p_
-from .ops.xtc import _xtc_
-from .params import SamplingParams, parse_samplers
+from .params import STAGE, SamplingParams, parse_samplers
 from .pick import Picked, check_rows, pick
+from .stage import Stage, user_stage
 
-NEEDS_IDS = {"logit_bias", "penalties", "dry", "no_repeat_ngram"}  # read token ids: dense only
-NOT_AFTER_COMPACTION = NEEDS_IDS | {"tfs"}  # TFS depends on the row length (see ops.tfs)
-COMPACTORS = ("top_k", "min_p", "top_n_sigma", "top_p")
 SPARSE_EDITS = {"penalties", "logit_bias"}  # stages that touch only known tokens (see _sparse_top_k)
-TRUNCATION = {  # stage -> (in-place kernel, its knob)
-    "top_n_sigma": (_top_n_sigma_, "top_n_sigma"), "top_k": (_top_k_, "top_k"),
-    "tfs": (_tfs_, "tfs_z"), "typical_p": (_typical_p_, "typical_p"), "top_p": (_top_p_, "top_p"),
-    "min_p": (_min_p_, "min_p"), "top_a": (_top_a_, "top_a"), "epsilon": (_epsilon_, "epsilon_cutoff"),
-    "eta": (_eta_, "eta_cutoff"),
-}
 
 
 class Chain:
-    def __init__(self, samplers: SamplingParams | str | Sequence[str] = "llama.cpp"):
+    def __init__(self, samplers: SamplingParams | str | Sequence[str | Callable] = "llama.cpp"):
         if isinstance(samplers, SamplingParams):
-            self.names = samplers.chain
+            self.stages_ = tuple(STAGE[n] for n in samplers.chain)
         else:
-            names = list([samplers] if isinstance(samplers, str) else samplers)
-            miro = "mirostat" in [str(n).strip().lower() for n in names]
-            names = [n for n in names if str(n).strip().lower() != "mirostat"]
-            self.names = (parse_samplers(names[0] if len(names) == 1 else names) if names else ()
-                          ) + (("mirostat",) if miro else ())
+            self.stages_ = _parse_order([samplers] if isinstance(samplers, str) else list(samplers))
+        self.names = tuple(s.name for s in self.stages_)
         self.mu: Tensor | None = None  # mirostat's per-row control value
         self._buf: Tensor | None = None
 
@@ -109,17 +96,17 @@ class Chain:
         """Processed dense logits ``[B, V]``; the caller's tensor is left untouched."""
         self._enter(logits, batch)
         x = logits.to(torch.float32, copy=True)  # returned to the caller: not the reused buffer
-        for name in self._active(batch):
-            x = self._apply(name, x, batch, logits.shape[1])
+        for stage in self._active(batch):
+            x = self._apply(stage, x, batch, logits.shape[1])
         return x
 
     def stages(self, logits: Tensor, batch: Batch) -> list[tuple[str, Tensor]]:
         """The dense logits after each active stage, in order (for inspection and teaching)."""
         self._enter(logits, batch)
         x, out = logits.to(torch.float32, copy=True), []
-        for name in self._active(batch):
-            x = self._apply(name, x, batch, logits.shape[1])
-            out.append((name, x.clone()))
+        for stage in self._active(batch):
+            x = self._apply(stage, x, batch, logits.shape[1])
+            out.append((stage.name, x.clone()))
         return out
 
     def candidates(self, logits: Tensor, batch: Batch) -> Candidates:
@@ -127,25 +114,25 @@ class Chain:
         V = logits.shape[1]
         stages = self._active(batch)
         at = self._compaction_point(stages, batch, V)
-        if at is not None and stages[at] == "top_k" and set(stages[:at]) <= SPARSE_EDITS:
+        if at is not None and stages[at].name == "top_k" and {s.name for s in stages[:at]} <= SPARSE_EDITS:
             self._enter(logits, batch, values=False)  # rows are checked on the top-k's maximum
-            c = self._sparse_top_k(logits, batch, stages[:at])
+            c = self._sparse_top_k(logits, batch, [s.name for s in stages[:at]])
             if c is not None:
-                for name in stages[at + 1:]:
-                    c.logits = self._apply(name, c.logits, batch, V)
+                for stage in stages[at + 1:]:
+                    c.logits = self._apply(stage, c.logits, batch, V)
                 return c
         self._enter(logits, batch)
         if at is None:  # no compaction: the result may be the whole row, so not the reused buffer
             x = logits.to(torch.float32, copy=True)
-            for name in stages:
-                x = self._apply(name, x, batch, V)
+            for stage in stages:
+                x = self._apply(stage, x, batch, V)
             return Candidates.from_dense(x)
         x = logits if at == 0 and logits.dtype == torch.float32 else self._copy(logits)
-        for name in stages[:at]:
-            x = self._apply(name, x, batch, V)
-        c = self._compact(stages[at], x, batch)
-        for name in stages[at + 1:]:
-            c.logits = self._apply(name, c.logits, batch, V)
+        for stage in stages[:at]:
+            x = self._apply(stage, x, batch, V)
+        c = stages[at].compact(x, batch)
+        for stage in stages[at + 1:]:
+            c.logits = self._apply(stage, c.logits, batch, V)
         return c
 
     def sample(self, logits: Tensor, batch: Batch, *, raw_logprobs: bool = False,
@@ -172,12 +159,12 @@ class Chain:
         return self
 
     # -- internals ------------------------------------------------------------------------------
-    def _active(self, batch: Batch) -> list[str]:
-        missing = [n for n in batch._active if batch.active(n) and n not in self.names]
+    def _active(self, batch: Batch) -> list[Stage]:
+        missing = sorted({STAGE[n].part_of or n for n in batch._active if batch.active(n)} - set(self.names))
         if missing:
             raise TemperanceError(f"the batch uses {', '.join(missing)} but this chain ({self}) has no "
                                   f"such stage; build the chain from the rows' params (Chain.for_batch)")
-        return [n for n in self.names if batch.active(n)]
+        return [s for s in self.stages_ if STAGE.get(s.name) is not s or batch.active(s.name)]
 
     @staticmethod
     def _enter(logits: Tensor, batch: Batch, values: bool = True) -> None:
@@ -237,7 +224,7 @@ class Chain:
         ids = torch.cat([torch.where(again, V, rid), uniq], dim=1)
         vals = torch.cat([rv.float().masked_fill(again, float("-inf")), edited], dim=1)
         if "logit_bias" in pre and any(v == float("-inf") for p in batch.params for v in p.logit_bias.values()):
-            _check_not_empty(vals, "logit_bias banned every token")
+            check_not_empty(vals, "logit_bias banned every token")
         ids, order = ids.sort(-1)  # token-id order, so ties break by lower id
         vals = _top_k_(vals.gather(1, order), k)
         kth = torch.where(torch.isfinite(vals), vals, torch.inf).amin(-1)
@@ -258,73 +245,50 @@ class Chain:
         return self.mu
 
     @staticmethod
-    def _compaction_point(stages: list[str], batch: Batch, V: int) -> int | None:
-        for i, name in enumerate(stages):
-            if name in COMPACTORS and batch.all_active(name):
-                if any(s in NOT_AFTER_COMPACTION for s in stages[i + 1:]):
+    def _compaction_point(stages: list[Stage], batch: Batch, V: int) -> int | None:
+        """Where the chain may switch to compacted survivors: the first truncation stage with a
+        ``compact`` that every row uses, when nothing after it needs the dense row."""
+        for i, stage in enumerate(stages):
+            if stage.compact is not None and batch.all_active(stage.name):
+                if any(s.reads_ids or s.row_length for s in stages[i + 1:]):
                     return None
-                if name == "top_k" and int(batch.knob("top_k").max()) >= V:
+                if stage.name == "top_k" and int(batch.knob("top_k").max()) >= V:
                     return None
                 return i
         return None  # (stages before the compaction point run densely, as in __call__)
 
-    def _compact(self, name: str, x: Tensor, batch: Batch) -> Candidates:
-        """Run truncation stage ``name`` on dense ``x`` and return exactly its survivors."""
-        V = x.shape[1]
-        if name == "min_p":
-            return Candidates.at_least(x, min_p_threshold(x, batch.knob("min_p")))
-        if name == "top_n_sigma":
-            return Candidates.at_least(x, sigma_threshold(x, batch.knob("top_n_sigma")))
-        if name == "top_p":
-            return nucleus_candidates(x, batch.knob("top_p"))
-        k = batch.knob("top_k").view(-1, 1)  # top_k
-        kmax = int(k.max())
-        vals, ids = chunked_topk(x, min(kmax + 1, V))
-        if kmax < V:
-            if bool((vals.gather(1, k) == vals.gather(1, k - 1)).any()):  # boundary tie
-                return Candidates.from_dense(_top_k_(x.clone(), batch.knob("top_k")))
-            vals, ids = vals[:, :kmax], ids[:, :kmax]
-        vals = vals.masked_fill(torch.arange(vals.shape[1], device=x.device) >= k, float("-inf"))
-        ids, order = torch.sort(ids, dim=-1)
-        return Candidates(vals.gather(1, order), ids, V)
-
-    def _apply(self, name: str, x: Tensor, batch: Batch, V: int) -> Tensor:
-        k = batch.knob
-        if name == "logit_bias":
-            x = _logit_bias_(x, *batch.logit_bias(V))
-            if any(v == float("-inf") for p in batch.params for v in p.logit_bias.values()):
-                _check_not_empty(x, "logit_bias banned every token")
-            return x
-        if name == "penalties":
-            return _penalties_(x, batch.history, k("repetition_penalty"), k("frequency_penalty"),
-                               k("presence_penalty"), k("penalty_last_n"))
-        if name == "dry":
-            return _dry_(x, batch.history, k("dry_multiplier"), k("dry_base"),
-                         k("dry_allowed_length"), k("dry_penalty_last_n"), batch.dry_breakers)
-        if name == "no_repeat_ngram":
-            x = _no_repeat_ngram_(x, batch.history, k("no_repeat_ngram_size"))
-            _check_not_empty(x, "no_repeat_ngram banned every token")
-            return x
-        if name == "temperature":
-            if any(p.dynatemp_range > 0 for p in batch.params):
-                x = _dynatemp_(x, k("temperature"), k("dynatemp_range"), k("dynatemp_exponent"))
-            else:
-                T = {p.temperature for p in batch.params}
-                x = _temperature_(x, T.pop() if len(T) == 1 else k("temperature"))
-            if any(p.smoothing_factor > 0 for p in batch.params):  # not on greedy rows
-                f = torch.where(k("temperature") > 0, k("smoothing_factor"), 0.0)
-                x = _smoothing_(x, f, k("smoothing_curve"))
-            return x
-        if name == "xtc":
-            return _xtc_(x, k("xtc_probability"), k("xtc_threshold"), batch.seed, batch.step)
-        if name == "mirostat":
-            return _mirostat_(x, self._mu(batch), k("mirostat"), V)
-        fn, knob = TRUNCATION[name]
-        return fn(x, k(knob))
+    def _apply(self, stage: Stage, x: Tensor, batch: Batch, V: int) -> Tensor:
+        if stage.name == "mirostat":  # stateful: runs with this chain's per-row mu
+            return _mirostat_(x, self._mu(batch), batch.knob("mirostat"), V)
+        if STAGE.get(stage.name) is stage:
+            return stage.apply(x, batch)
+        y = stage.apply(x, batch)  # a user's stage: check what it returns
+        if not isinstance(y, Tensor) or y.shape != x.shape or not y.is_floating_point():
+            raise TemperanceError(f"stage {stage.name!r} must return a floating-point tensor of shape "
+                                  f"{tuple(x.shape)}, got {getattr(y, 'shape', type(y).__name__)}")
+        check_not_empty(y, f"stage {stage.name!r} removed every token")
+        return y.to(x.dtype)
 
 
-def _check_not_empty(x: Tensor, why: str) -> None:
-    empty = ~torch.isfinite(x.amax(-1))
-    if bool(empty.any()):
-        rows = empty.nonzero().view(-1).tolist()
-        raise TemperanceError(f"row {rows[0]} has no token left: {why}")
+def _parse_order(items: list) -> tuple[Stage, ...]:
+    """Names (or one preset / ``"a,b,c"`` string), `Stage` objects and plain callables → stages.
+
+    Mirostat may be named anywhere; it runs last, replacing truncation and the draw."""
+    out, names = [], []
+    for item in items:
+        if isinstance(item, Stage) or callable(item):
+            if names:
+                out.extend(STAGE[n] for n in parse_samplers(names[0] if len(names) == 1 else names))
+                names = []
+            out.append(item if isinstance(item, Stage) else user_stage(item))
+        else:
+            names.append(item)
+    miro = [n for n in names if str(n).strip().lower() == "mirostat"]
+    names = [n for n in names if str(n).strip().lower() != "mirostat"]
+    if names:
+        out.extend(STAGE[n] for n in parse_samplers(names[0] if len(names) == 1 else names))
+    seen = [s.name for s in out]
+    dup = {n for n in seen if seen.count(n) > 1}
+    if dup:
+        raise TemperanceError(f"sampler {sorted(dup)[0]!r} appears twice in the chain")
+    return tuple(out) + ((STAGE["mirostat"],) if miro else ())

@@ -21,67 +21,44 @@ import torch
 
 from .errors import TemperanceError
 from .models import ModelError
-from .params import PRESETS, SamplingParams
-
-# flag → SamplingParams field (llama.cpp's names where it has one)
-SAMPLER_FLAGS: dict[str, tuple[str, type]] = {
-    "--temp": ("temperature", float), "--dynatemp-range": ("dynatemp_range", float),
-    "--dynatemp-exp": ("dynatemp_exponent", float), "--smoothing-factor": ("smoothing_factor", float),
-    "--smoothing-curve": ("smoothing_curve", float), "--top-k": ("top_k", int),
-    "--top-p": ("top_p", float), "--min-p": ("min_p", float), "--top-nsigma": ("top_n_sigma", float),
-    "--typical": ("typical_p", float), "--tfs": ("tfs_z", float), "--top-a": ("top_a", float),
-    "--epsilon-cutoff": ("epsilon_cutoff", float), "--eta-cutoff": ("eta_cutoff", float),
-    "--xtc-probability": ("xtc_probability", float), "--xtc-threshold": ("xtc_threshold", float),
-    "--repeat-penalty": ("repetition_penalty", float), "--frequency-penalty": ("frequency_penalty", float),
-    "--presence-penalty": ("presence_penalty", float), "--repeat-last-n": ("penalty_last_n", int),
-    "--dry-multiplier": ("dry_multiplier", float), "--dry-base": ("dry_base", float),
-    "--dry-allowed-length": ("dry_allowed_length", int), "--dry-penalty-last-n": ("dry_penalty_last_n", int),
-    "--no-repeat-ngram-size": ("no_repeat_ngram_size", int), "--mirostat": ("mirostat", int),
-    "--mirostat-ent": ("mirostat_tau", float), "--mirostat-lr": ("mirostat_eta", float),
-    "--seed": ("seed", int),
-}
-
+from .params import FIELDS, PRESETS, SamplingParams
 
 def add_sampler_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per knob, as each sampler's stage declares it (llama.cpp's flag names)."""
     g = p.add_argument_group("samplers (llama.cpp flag names)")
-    for flag, (field, typ) in SAMPLER_FLAGS.items():
-        g.add_argument(flag, dest=field, type=typ, default=None, metavar=typ.__name__.upper())
+    for k in FIELDS.values():
+        flags = (k.flag,) if isinstance(k.flag, str) else k.flag
+        if k.numeric:
+            g.add_argument(*flags, dest=k.name, type=int if k.integer else float, default=None,
+                           metavar="INT" if k.integer else "FLOAT", help=f"{k.help}; {k.range}")
+        else:
+            g.add_argument(*flags, dest=k.name, action="append", default=None, metavar="VALUE",
+                           help=k.help)
     g.add_argument("--samplers", default=None,
                    help=f"sampler order: names separated by ',' or ';', or a preset ({', '.join(PRESETS)})")
-    g.add_argument("--dry-sequence-breaker", dest="dry_sequence_breakers", action="append",
-                   default=None, metavar="STR", help="repeatable; replaces the default breakers")
-    g.add_argument("--logit-bias", "-l", action="append", default=None, metavar="ID(+/-)BIAS",
-                   help="e.g. 15043+1 or 15043-inf (repeatable)")
+    g.add_argument("--seed", type=int, default=None, metavar="INT", help="per-request seed")
 
 
-# SamplingParams field → llama.cpp server name, where they differ
-_REQUEST_NAMES = {"repetition_penalty": "repeat_penalty", "penalty_last_n": "repeat_last_n"}
+def sampler_flags_given(args: argparse.Namespace) -> bool:
+    """Did the user set any sampler knob (not counting the seed)?"""
+    return any(getattr(args, k, None) is not None for k in FIELDS) or args.samplers is not None
 
 
 def params_from_args(args: argparse.Namespace) -> SamplingParams:
-    """CLI flags → a request dict with llama.cpp server names → `request.params_from_request`
+    """CLI flags → a request dict with the server's field names → `request.params_from_request`
     (the one place a request becomes SamplingParams, shared with the server)."""
     from .request import params_from_request
 
-    body = {_REQUEST_NAMES.get(f, f): getattr(args, f) for f, _ in SAMPLER_FLAGS.values()
-            if getattr(args, f) is not None}
+    body = {}
+    for k in FIELDS.values():
+        v = getattr(args, k.name)
+        if v is not None:
+            body[k.request_names[0]] = k.parse_flag(v) if k.parse_flag else v
     if args.samplers is not None:
         body["samplers"] = args.samplers
-    if args.dry_sequence_breakers is not None:
-        body["dry_sequence_breakers"] = list(args.dry_sequence_breakers)
-    if args.logit_bias:
-        body["logit_bias"] = dict(_parse_bias(b) for b in args.logit_bias)
+    if args.seed is not None:
+        body["seed"] = args.seed
     return params_from_request(body)[0]
-
-
-def _parse_bias(text: str) -> tuple[int, float]:
-    for i, ch in enumerate(text[1:], 1):
-        if ch in "+-":
-            try:
-                return int(text[:i]), float(text[i:])
-            except ValueError:
-                break
-    raise TemperanceError(f"--logit-bias must look like TOKEN_ID+BIAS or TOKEN_ID-BIAS, got {text!r}")
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -216,7 +193,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     kw = dict(max_tokens=args.max_tokens, min_tokens=args.min_tokens, n=args.n,
               stop=tuple(args.stop or ()), chat=args.chat)
     if args.mbr is not None or args.best_of is not None:  # draw N, keep the best by utility/score
-        explicit = any(getattr(args, f) is not None for f, _ in SAMPLER_FLAGS.values() if f != "seed")
+        explicit = sampler_flags_given(args)
         for r, prompt in enumerate(prompts):
             kw.pop("n", None)
             sel = mbr.select_from_args(args, runtime, prompt, params if explicit else None, **kw)

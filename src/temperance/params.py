@@ -32,88 +32,22 @@ temperance.errors.TemperanceError: top_p must be in (0, 1] (1 = off), got 1.5
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field, fields
-from typing import Any, Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields, make_dataclass
+from typing import Any, Mapping, Sequence
 
 from .errors import TemperanceError
+from .ops import FIELDS, KNOBS, STAGES
+from .ops.dry import DEFAULT_BREAKERS as DEFAULT_DRY_BREAKERS
+from .ops.mirostat import BEFORE as MIROSTAT_BEFORE
+from .stage import Knob, Stage
 
 # ----------------------------------------------------------------------------------------------
-# Knobs: neutral value, validity check, the range as people read it.
+# Derived from the stages each ops file declares (temperance.ops.STAGES).
 
-
-@dataclass(frozen=True)
-class Knob:
-    neutral: float | int
-    valid: Callable[[float], bool]
-    range: str
-    integer: bool = False
-
-
-def _finite(x: float) -> bool:
-    return math.isfinite(x)
-
-
-KNOBS: dict[str, Knob] = {
-    "temperature": Knob(1.0, lambda x: _finite(x) and x >= 0, "[0, inf) (0 = greedy)"),
-    "dynatemp_range": Knob(0.0, lambda x: _finite(x) and x >= 0, "[0, inf) (0 = off)"),
-    "dynatemp_exponent": Knob(1.0, lambda x: _finite(x) and x >= 0, "[0, inf)"),
-    "smoothing_factor": Knob(0.0, lambda x: _finite(x) and x >= 0, "[0, inf) (0 = off)"),
-    "smoothing_curve": Knob(1.0, lambda x: 1 <= x <= 3, "[1, 3]"),
-    "top_k": Knob(0, lambda x: x >= 0, "integers >= 0 (0 = off)", integer=True),
-    "top_p": Knob(1.0, lambda x: 0 < x <= 1, "(0, 1] (1 = off)"),
-    "min_p": Knob(0.0, lambda x: 0 <= x <= 1, "[0, 1] (0 = off)"),
-    "top_n_sigma": Knob(0.0, _finite, "finite reals (<= 0 = off)"),
-    "typical_p": Knob(1.0, lambda x: 0 < x <= 1, "(0, 1] (1 = off)"),
-    "tfs_z": Knob(1.0, lambda x: 0 <= x <= 1, "[0, 1] (1 = off)"),
-    "top_a": Knob(0.0, lambda x: 0 <= x <= 1, "[0, 1] (0 = off)"),
-    "epsilon_cutoff": Knob(0.0, lambda x: 0 <= x < 1, "[0, 1) (0 = off)"),
-    "eta_cutoff": Knob(0.0, lambda x: 0 <= x < 1, "[0, 1) (0 = off)"),
-    "xtc_probability": Knob(0.0, lambda x: 0 <= x <= 1, "[0, 1] (0 = off)"),
-    "xtc_threshold": Knob(0.1, lambda x: 0 <= x <= 1, "[0, 1] (> 0.5 = off)"),
-    "repetition_penalty": Knob(1.0, lambda x: _finite(x) and x > 0, "(0, inf) (1 = off)"),
-    "frequency_penalty": Knob(0.0, _finite, "finite reals (0 = off)"),
-    "presence_penalty": Knob(0.0, _finite, "finite reals (0 = off)"),
-    "penalty_last_n": Knob(64, lambda x: x >= -1, "integers >= -1 (-1 = whole context, 0 = off)", integer=True),
-    "dry_multiplier": Knob(0.0, lambda x: _finite(x) and x >= 0, "[0, inf) (0 = off)"),
-    "dry_base": Knob(1.75, lambda x: _finite(x) and x >= 1, "[1, inf)"),
-    "dry_allowed_length": Knob(2, lambda x: x >= 1, "integers >= 1", integer=True),
-    "dry_penalty_last_n": Knob(-1, lambda x: x >= -1, "integers >= -1 (-1 = whole context, 0 = off)", integer=True),
-    "no_repeat_ngram_size": Knob(0, lambda x: x >= 0, "integers >= 0 (0 = off)", integer=True),
-    "mirostat": Knob(0, lambda x: x in (0, 1, 2), "{0, 1, 2} (0 = off)", integer=True),
-    "mirostat_tau": Knob(5.0, lambda x: _finite(x) and x >= 0, "[0, inf)"),
-    "mirostat_eta": Knob(0.1, lambda x: _finite(x) and x >= 0, "[0, inf)"),
-}
-
-DEFAULT_DRY_BREAKERS = ("\n", ":", '"', "*")
-
-
-def check_knob(name: str, value: Any) -> float | int:
-    """Validate one scalar knob; return it as float (or int). Raises TemperanceError."""
-    knob = KNOBS[name]
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TemperanceError(f"{name} must be a number in {knob.range}, got {value!r}")
-    if knob.integer:
-        if isinstance(value, float):
-            if not value.is_integer():
-                raise TemperanceError(f"{name} must be an integer in {knob.range}, got {value!r}")
-            value = int(value)
-        if abs(value) >= 2**31:
-            raise TemperanceError(f"{name} must be an integer in {knob.range} below 2^31, got {value!r}")
-    else:
-        value = float(value)
-    if isinstance(value, float) and math.isnan(value) or not knob.valid(value):
-        raise TemperanceError(f"{name} must be in {knob.range}, got {value!r}")
-    return value
-
-
-# ----------------------------------------------------------------------------------------------
-# Sampler names, presets, order parsing.
-
-SAMPLERS = (
-    "logit_bias", "penalties", "dry", "no_repeat_ngram", "top_n_sigma", "top_k", "tfs",
-    "typical_p", "top_p", "min_p", "top_a", "epsilon", "eta", "xtc", "temperature",
-)  # the llama.cpp-compatible default order; "mirostat" is added by the chain when it is on
+STAGE: dict[str, Stage] = {s.name: s for s in STAGES}
+SAMPLERS = tuple(s.name for s in STAGES if s.in_order)  # the llama.cpp-compatible default order
+ACTIVE = {s.name: s.active for s in STAGES}              # which knobs make each stage act
+ALIASES = {a: s.name for s in STAGES for a in s.aliases}
 
 PRESETS: dict[str, tuple[str, ...]] = {
     "llama.cpp": SAMPLERS,
@@ -123,46 +57,10 @@ PRESETS: dict[str, tuple[str, ...]] = {
            "typical_p", "epsilon", "eta"),
 }
 
-ALIASES = {
-    "temp": "temperature", "typical": "typical_p", "typ_p": "typical_p", "nucleus": "top_p",
-    "tail_free": "tfs", "tfs_z": "tfs", "epsilon_cutoff": "epsilon", "eta_cutoff": "eta",
-    "repetition_penalty": "penalties", "repeat_penalty": "penalties", "penalty": "penalties",
-    "nsigma": "top_n_sigma", "top_nsigma": "top_n_sigma", "bias": "logit_bias",
-    "no_repeat_ngram_size": "no_repeat_ngram",
-}
 
-# Which knobs make each sampler do something (host-side predicates on plain Python values).
-ACTIVE: dict[str, Callable[[SamplingParams], bool]] = {
-    "logit_bias": lambda p: bool(p.logit_bias),
-    "penalties": lambda p: p.penalty_last_n != 0 and (
-        p.repetition_penalty != 1 or p.frequency_penalty != 0 or p.presence_penalty != 0),
-    "dry": lambda p: p.dry_multiplier > 0 and p.dry_penalty_last_n != 0,
-    "no_repeat_ngram": lambda p: p.no_repeat_ngram_size > 0,
-    "top_n_sigma": lambda p: p.top_n_sigma > 0,
-    "top_k": lambda p: p.top_k > 0,
-    "tfs": lambda p: p.tfs_z < 1,
-    "typical_p": lambda p: p.typical_p < 1,
-    "top_p": lambda p: p.top_p < 1,
-    "min_p": lambda p: p.min_p > 0,
-    "top_a": lambda p: p.top_a > 0,
-    "epsilon": lambda p: p.epsilon_cutoff > 0,
-    "eta": lambda p: p.eta_cutoff > 0,
-    "xtc": lambda p: p.xtc_probability > 0 and p.xtc_threshold <= 0.5,
-    "temperature": lambda p: p.temperature not in (0.0, 1.0) or (
-        p.temperature > 0 and (p.dynatemp_range > 0 or p.smoothing_factor > 0)),
-    "mirostat": lambda p: p.mirostat > 0,
-}
-
-# The knob that turns each sampler on, for error messages.
-_SWITCH = {
-    "logit_bias": "logit_bias", "penalties": "repetition_penalty", "dry": "dry_multiplier",
-    "no_repeat_ngram": "no_repeat_ngram_size", "top_n_sigma": "top_n_sigma", "top_k": "top_k",
-    "tfs": "tfs_z", "typical_p": "typical_p", "top_p": "top_p", "min_p": "min_p",
-    "top_a": "top_a", "epsilon": "epsilon_cutoff", "eta": "eta_cutoff",
-    "xtc": "xtc_probability", "temperature": "temperature",
-}
-
-MIROSTAT_BEFORE = ("logit_bias", "penalties", "temperature")  # what still runs under mirostat
+def check_knob(name: str, value: Any) -> Any:
+    """Validate one knob's value (see `Knob.check`); raises TemperanceError naming it."""
+    return FIELDS[name].check(value)
 
 
 def parse_samplers(value: str | Sequence[str]) -> tuple[str, ...]:
@@ -197,81 +95,54 @@ def parse_samplers(value: str | Sequence[str]) -> tuple[str, ...]:
     return tuple(names)
 
 
+def describe() -> dict:
+    """The samplers as data: the default order, the presets, and each stage in the order with its
+    knobs (those of stages that run inside it included). Served as ``/v1/samplers``."""
+    stages = []
+    for s in STAGES:
+        if s.in_order:
+            d = s.describe()
+            d["knobs"] += [k for t in STAGES if t.part_of == s.name for k in t.describe()["knobs"]]
+            stages.append(d)
+    return {"order": list(SAMPLERS), "presets": {k: list(v) for k, v in PRESETS.items()}, "stages": stages,
+            "mirostat": STAGE["mirostat"].describe()}
+
+
 # ----------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class SamplingParams:
+class _Params:
     """One request's sampling knobs. Every default is neutral except the order and DRY's breakers.
 
-    Knob meanings and papers are in the docstrings of `temperance.ops`; validity ranges are in
-    `KNOBS`. `seed=None` means "draw one" when the batch is built.
-    """
+    ``seed=None`` means "draw one" when the batch is built. The knobs (field, neutral value,
+    valid range, meaning) come from the stages in `temperance.ops`:
 
-    temperature: float = 1.0
-    dynatemp_range: float = 0.0
-    dynatemp_exponent: float = 1.0
-    smoothing_factor: float = 0.0
-    smoothing_curve: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    min_p: float = 0.0
-    top_n_sigma: float = 0.0
-    typical_p: float = 1.0
-    tfs_z: float = 1.0
-    top_a: float = 0.0
-    epsilon_cutoff: float = 0.0
-    eta_cutoff: float = 0.0
-    xtc_probability: float = 0.0
-    xtc_threshold: float = 0.1
-    repetition_penalty: float = 1.0
-    frequency_penalty: float = 0.0
-    presence_penalty: float = 0.0
-    penalty_last_n: int = 64
-    dry_multiplier: float = 0.0
-    dry_base: float = 1.75
-    dry_allowed_length: int = 2
-    dry_penalty_last_n: int = -1
-    dry_sequence_breakers: tuple[str, ...] = DEFAULT_DRY_BREAKERS
-    no_repeat_ngram_size: int = 0
-    logit_bias: Mapping[int, float] = field(default_factory=dict)
-    mirostat: int = 0
-    mirostat_tau: float = 5.0
-    mirostat_eta: float = 0.1
-    samplers: tuple[str, ...] | str = "llama.cpp"
-    seed: int | None = None
+    """
 
     def __post_init__(self) -> None:
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
-        for name in KNOBS:
-            set_(name, check_knob(name, getattr(self, name)))
+        for name, knob in FIELDS.items():
+            set_(name, knob.check(getattr(self, name)))
         set_("samplers", parse_samplers(self.samplers))
-        set_("logit_bias", _check_bias(self.logit_bias))
-        breakers = self.dry_sequence_breakers
-        if isinstance(breakers, str) or not all(isinstance(b, str) and b for b in breakers):
-            raise TemperanceError(
-                f"dry_sequence_breakers must be a list of non-empty strings, got {breakers!r}")
-        set_("dry_sequence_breakers", tuple(breakers))
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)
                                       or not 0 <= self.seed < 2**63):
             raise TemperanceError(f"seed must be an integer in [0, 2^63) or None, got {self.seed!r}")
         self._check_order()
 
     def _check_order(self) -> None:
-        if self.mirostat:
-            for name, active in ACTIVE.items():
-                if name not in MIROSTAT_BEFORE and name != "mirostat" and active(self):
-                    raise TemperanceError(
-                        f"{_SWITCH[name]}={getattr(self, _SWITCH[name])!r} has no effect with "
-                        f"mirostat={self.mirostat}: mirostat replaces truncation (only logit_bias, "
-                        "penalties and temperature run before it); reset it to its neutral value")
-            return
-        for name, active in ACTIVE.items():
-            if name != "mirostat" and name not in self.samplers and active(self):
-                knob = _SWITCH[name]
+        for s in STAGES:
+            if s.name == "mirostat" or not s.active(self):
+                continue
+            knob, home = s.switch.name, s.part_of or s.name
+            if self.mirostat and home not in MIROSTAT_BEFORE:
                 raise TemperanceError(
-                    f"{knob}={getattr(self, knob)!r} is set but the sampler order has no {name!r} "
-                    f"stage (samplers: {','.join(self.samplers)}); add {name!r} to samplers")
+                    f"{knob}={getattr(self, knob)!r} has no effect with mirostat={self.mirostat}: "
+                    "mirostat replaces truncation (only logit_bias, penalties and temperature run "
+                    "before it); reset it to its neutral value")
+            if not self.mirostat and home not in self.samplers:
+                raise TemperanceError(
+                    f"{knob}={getattr(self, knob)!r} is set but the sampler order has no {home!r} "
+                    f"stage (samplers: {','.join(self.samplers)}); add {home!r} to samplers")
 
     @property
     def chain(self) -> tuple[str, ...]:
@@ -308,19 +179,22 @@ class SamplingParams:
         return cls(**d)
 
 
-def _check_bias(bias: Any) -> dict[int, float]:
-    if not isinstance(bias, Mapping):
-        raise TemperanceError(f"logit_bias must be a mapping token id -> bias, got {bias!r}")
-    out = {}
-    for k, v in bias.items():
-        try:
-            tok = int(k)
-        except (TypeError, ValueError):
-            raise TemperanceError(f"logit_bias keys must be token ids (integers >= 0), got {k!r}")
-        if tok < 0 or (isinstance(k, float) and not k.is_integer()):
-            raise TemperanceError(f"logit_bias keys must be token ids (integers >= 0), got {k!r}")
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v) or v == math.inf:
-            raise TemperanceError(
-                f"logit_bias[{tok}] must be a finite number or -inf (ban), got {v!r}")
-        out[tok] = float(v)
-    return out
+def _field(k: Knob) -> tuple:
+    typ = int if k.integer else float if k.numeric else type(k.neutral)
+    default = field(default_factory=dict) if isinstance(k.neutral, dict) else field(default=k.neutral)
+    return k.name, typ, default
+
+
+def _doc(k: Knob) -> str:
+    flag = k.flag if isinstance(k.flag, str) else (k.flag or ("",))[0]
+    return f"    ``{k.name}`` ({k.neutral!r}; {k.range}; {flag}): {k.help}"
+
+
+SamplingParams = make_dataclass(
+    "SamplingParams",
+    [_field(k) for k in FIELDS.values()] + [
+        ("samplers", "tuple[str, ...] | str", field(default="llama.cpp")),
+        ("seed", "int | None", field(default=None))],
+    bases=(_Params,), frozen=True, kw_only=True,
+    namespace={"__doc__": _Params.__doc__.rstrip() + "\n\n" + "\n".join(_doc(k) for k in FIELDS.values()) + "\n"})
+SamplingParams.__module__ = __name__

@@ -20,22 +20,18 @@ temperance.errors.TemperanceError: top_k must be a number in integers >= 0 (0 = 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
 from .errors import TemperanceError
-from .params import KNOBS, PRESETS, SamplingParams, check_knob
+from .params import FIELDS, PRESETS, SamplingParams
 
 __all__ = ["GenOptions", "params_from_request", "LLAMA_NAMES", "IGNORED", "UNSUPPORTED"]
 
-# request name → SamplingParams field (llama.cpp's server names first, then aliases)
-LLAMA_NAMES: dict[str, str] = {name: name for name in KNOBS}
-LLAMA_NAMES.update({
-    "repeat_penalty": "repetition_penalty", "repeat_last_n": "penalty_last_n",
-    "temp": "temperature", "typical": "typical_p", "dynatemp_exp": "dynatemp_exponent",
-})
-OTHER_PARAMS = ("samplers", "preset", "logit_bias", "dry_sequence_breakers", "seed")
+# request name → SamplingParams field: every knob's names as its stage declares them
+# (llama.cpp's server names first: repeat_penalty, repeat_last_n, ...; our field names as aliases)
+LLAMA_NAMES: dict[str, str] = {n: k.name for k in FIELDS.values() for n in k.request_names}
+OTHER_PARAMS = ("samplers", "preset", "seed")
 GEN_PARAMS = ("max_tokens", "max_completion_tokens", "n_predict", "min_tokens", "n", "stop",
               "logprobs", "top_logprobs", "n_probs", "stream", "stream_options")
 # fields the endpoints read themselves, or accept and ignore (OpenAI client conveniences)
@@ -75,20 +71,6 @@ def _int(name: str, v: Any, lo: int, hi: int | None = None) -> int:
     return v
 
 
-def _bias(v: Any) -> dict:
-    """OpenAI's {"id": bias} or llama.cpp's [[id, bias], ...]; bias false = ban."""
-    if isinstance(v, list):
-        out = {}
-        for item in v:
-            if not (isinstance(item, list) and len(item) == 2):
-                raise TemperanceError(f"logit_bias as a list must hold [token_id, bias] pairs, got {item!r}")
-            out[item[0]] = item[1]
-        v = out
-    if not isinstance(v, Mapping):
-        raise TemperanceError(f"logit_bias must be an object {{token_id: bias}}, got {v!r}")
-    return {k: (-math.inf if b is False else b) for k, b in v.items()}
-
-
 def params_from_request(body: Mapping[str, Any], *, defaults: GenOptions = GenOptions()
                         ) -> tuple[SamplingParams, GenOptions]:
     """Validate one request body; return `(SamplingParams, GenOptions)`. Raises TemperanceError."""
@@ -110,8 +92,9 @@ def params_from_request(body: Mapping[str, Any], *, defaults: GenOptions = GenOp
             continue
         if field in kw:
             raise TemperanceError(f"{name} and {sent_as[field]} are the same parameter; give one")
+        knob = FIELDS[field]
         try:
-            kw[field] = check_knob(field, v)
+            kw[field] = knob.from_json(v) if knob.from_json else knob.check(v)
         except TemperanceError as e:
             msg = str(e)
             raise TemperanceError(name + msg[len(field):] if msg.startswith(field) else msg) from None
@@ -127,13 +110,6 @@ def params_from_request(body: Mapping[str, Any], *, defaults: GenOptions = GenOp
         if not isinstance(samplers, (str, list)):
             raise TemperanceError(f"samplers must be a list of names or a string, got {samplers!r}")
         kw["samplers"] = samplers
-    if body.get("logit_bias") is not None:
-        kw["logit_bias"] = _bias(body["logit_bias"])
-    br = body.get("dry_sequence_breakers")
-    if br is not None:
-        if not isinstance(br, list):
-            raise TemperanceError(f"dry_sequence_breakers must be a list of strings, got {br!r}")
-        kw["dry_sequence_breakers"] = tuple(br)
     seed = body.get("seed")
     if seed is not None and seed != -1:  # llama.cpp: -1 = random
         kw["seed"] = _int("seed", seed, 0, 2**63 - 1)

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import TemperanceError
+from .params import describe
 from .request import GenOptions, params_from_request
 
 __all__ = ["ServerConfig", "create_app", "serve"]
@@ -412,6 +413,10 @@ def create_app(runtime: Any, config: ServerConfig = ServerConfig()):
         return {"status": "ok", "model": config.model_name, "queued": worker.queue.qsize(),
                 "worker_alive": worker.thread.is_alive(), "batches": worker.batches,
                 "stopped_early": worker.stopped_early}
+
+    @app.get("/v1/samplers")
+    async def samplers():
+        return describe()
 
     @app.get("/")
     async def playground():

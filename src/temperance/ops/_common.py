@@ -12,7 +12,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import TemperanceError
-from ..params import KNOBS, check_knob
 
 NEG_INF = float("-inf")
 
@@ -31,9 +30,15 @@ def knob(name: str, value, logits: Tensor) -> float | Tensor:
             raise TemperanceError(f"{name} must be a scalar or a [B] tensor with B={B}, "
                                   f"got shape {tuple(value.shape)}")
         for v in set(value.tolist()):  # host check: this is the public, validating entry point
-            check_knob(name, v)
+            _knob(name).check(v)
         return value
-    return check_knob(name, value)
+    return _knob(name).check(value)
+
+
+def _knob(name: str):
+    from . import KNOBS  # the registry is built from the op modules, after this one is loaded
+
+    return KNOBS[name]
 
 
 def col(value, x: Tensor, dtype: torch.dtype | None = None) -> Tensor:
@@ -46,7 +51,15 @@ def col(value, x: Tensor, dtype: torch.dtype | None = None) -> Tensor:
 
 def is_neutral(name: str, value) -> bool:
     """Host-side: is a scalar knob at its neutral value (so the op may return at once)?"""
-    return not isinstance(value, Tensor) and value == KNOBS[name].neutral
+    return not isinstance(value, Tensor) and value == _knob(name).neutral
+
+
+def check_not_empty(x: Tensor, why: str) -> None:
+    """Raise if a row has no finite logit left, naming the first such row and the reason."""
+    empty = ~torch.isfinite(x.amax(-1))
+    if bool(empty.any()):
+        rows = empty.nonzero().view(-1).tolist()
+        raise TemperanceError(f"row {rows[0]} has no token left: {why}")
 
 
 def check_history(h: Tensor, vocab_size: int) -> Tensor:

@@ -22,12 +22,13 @@ tensor([[ 0.,  0., -1.,  0.]])
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor
 
 from ..errors import TemperanceError
+from ..stage import Knob, Stage
 from ._common import as_history, check_history, check_logits, col, is_neutral, knob
 
 Breakers = Sequence[Sequence[int]]  # token-id sequences; a one-token sequence is a plain breaker
@@ -180,3 +181,47 @@ def per_row_breakers(value, B: int) -> list[Breakers]:
             seqs.append(seq)
         out.append(seqs)
     return out
+
+
+DEFAULT_BREAKERS = ("\n", ":", '"', "*")
+
+
+def check_breakers(breakers: Any) -> tuple[str, ...]:
+    """Sequence breakers as given by a user: a list of non-empty strings."""
+    if isinstance(breakers, str) or not isinstance(breakers, (list, tuple)) or not all(
+            isinstance(b, str) and b for b in breakers):
+        raise TemperanceError(
+            f"dry_sequence_breakers must be a list of non-empty strings, got {breakers!r}")
+    return tuple(breakers)
+
+
+def _breakers_from_json(v: Any) -> tuple[str, ...]:
+    if not isinstance(v, list):
+        raise TemperanceError(f"dry_sequence_breakers must be a list of strings, got {v!r}")
+    return check_breakers(v)
+
+
+def _stage_(x: Tensor, batch) -> Tensor:
+    k = batch.knob
+    return _dry_(x, batch.history, k("dry_multiplier"), k("dry_base"), k("dry_allowed_length"),
+                 k("dry_penalty_last_n"), batch.dry_breakers)
+
+
+STAGE = Stage(
+    "dry", apply=_stage_, reads_ids=True, paper="p-e-w, text-generation-webui #5677 (llama.cpp semantics)",
+    summary="penalise the token that would extend a repeated sequence",
+    active=lambda p: p.dry_multiplier > 0 and p.dry_penalty_last_n != 0,
+    knobs=(
+        Knob("dry_multiplier", 0.0, lambda x: math.isfinite(x) and x >= 0, "[0, inf) (0 = off)",
+             "DRY penalty strength (0.8 is usual)", flag="--dry-multiplier"),
+        Knob("dry_base", 1.75, lambda x: math.isfinite(x) and x >= 1, "[1, inf)",
+             "growth of the penalty with the repeat's length", flag="--dry-base"),
+        Knob("dry_allowed_length", 2, lambda x: x >= 1, "integers >= 1",
+             "repeats longer than this are penalised", flag="--dry-allowed-length", integer=True),
+        Knob("dry_penalty_last_n", -1, lambda x: x >= -1, "integers >= -1 (-1 = whole context, 0 = off)",
+             "how many recent tokens DRY looks at", flag="--dry-penalty-last-n", integer=True),
+        Knob("dry_sequence_breakers", DEFAULT_BREAKERS, None, "a list of non-empty strings",
+             "strings a repeat never crosses (repeatable flag; replaces the defaults)",
+             flag="--dry-sequence-breaker", check_value=check_breakers, from_json=_breakers_from_json,
+             parse_flag=list),
+    ))

@@ -19,10 +19,12 @@ Greedy rows (T == 0) are left alone. (kalomaze, llama.cpp PR #4972.)
 
 from __future__ import annotations
 
+import math
 
 import torch
 from torch import Tensor
 
+from ..stage import Knob, Stage
 from ._common import NEG_INF, check_logits, col, knob
 from .temperature import MIN_T, _temperature_
 
@@ -54,3 +56,14 @@ def dynatemp(logits: Tensor, *, temperature=1.0, dynatemp_range=0.0, dynatemp_ex
     return _dynatemp_(logits.clone(), temperature, dynatemp_range, dynatemp_exponent)
 
 
+STAGE = Stage(
+    "dynatemp", apply=None, in_order=False, part_of="temperature",
+    paper="kalomaze, llama.cpp #4972", summary="entropy-scaled temperature in [T - range, T + range]",
+    active=lambda p: p.dynatemp_range > 0,
+    knobs=(
+        Knob("dynatemp_range", 0.0, lambda x: math.isfinite(x) and x >= 0, "[0, inf) (0 = off)",
+             "T varies in [T - range, T + range] with the entropy", flag="--dynatemp-range"),
+        Knob("dynatemp_exponent", 1.0, lambda x: math.isfinite(x) and x >= 0, "[0, inf)",
+             "how T grows with the normalised entropy", flag="--dynatemp-exp",
+             request=("dynatemp_exponent", "dynatemp_exp")),
+    ))

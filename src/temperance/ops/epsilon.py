@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..stage import Knob, Stage
 from ._common import NEG_INF, check_logits, col, is_neutral, knob
 
 
@@ -33,3 +34,11 @@ def epsilon(logits: Tensor, *, epsilon_cutoff=0.0) -> Tensor:
     epsilon_cutoff = knob("epsilon_cutoff", epsilon_cutoff, logits)
     x = logits.clone()
     return x if is_neutral("epsilon_cutoff", epsilon_cutoff) else _epsilon_(x, epsilon_cutoff)
+
+
+STAGE = Stage(
+    "epsilon", apply=lambda x, batch: _epsilon_(x, batch.knob("epsilon_cutoff")),
+    aliases=("epsilon_cutoff",), paper="Hewitt et al. 2022, Truncation Sampling as Language Model Desmoothing",
+    summary="keep p >= epsilon", active=lambda p: p.epsilon_cutoff > 0,
+    knobs=(Knob("epsilon_cutoff", 0.0, lambda x: 0 <= x < 1, "[0, 1) (0 = off)",
+                "keep tokens with p >= epsilon", flag="--epsilon-cutoff"),))

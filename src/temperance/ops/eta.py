@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..stage import Knob, Stage
 from ._common import check_logits, col, is_neutral, knob
 from .epsilon import cutoff_
 
@@ -33,3 +34,11 @@ def eta(logits: Tensor, *, eta_cutoff=0.0) -> Tensor:
     eta_cutoff = knob("eta_cutoff", eta_cutoff, logits)
     x = logits.clone()
     return x if is_neutral("eta_cutoff", eta_cutoff) else _eta_(x, eta_cutoff)
+
+
+STAGE = Stage(
+    "eta", apply=lambda x, batch: _eta_(x, batch.knob("eta_cutoff")),
+    aliases=("eta_cutoff",), paper="Hewitt et al. 2022, Truncation Sampling as Language Model Desmoothing",
+    summary="keep p >= min(eta, sqrt(eta)·exp(-H))", active=lambda p: p.eta_cutoff > 0,
+    knobs=(Knob("eta_cutoff", 0.0, lambda x: 0 <= x < 1, "[0, 1) (0 = off)",
+                "entropy-adaptive cutoff: keep p >= min(eta, sqrt(eta)·exp(-H))", flag="--eta-cutoff"),))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..stage import Knob, Stage
 from ._common import NEG_INF, check_logits, col, is_neutral, knob
 
 
@@ -35,3 +36,18 @@ def min_p(logits: Tensor, *, min_p=0.0) -> Tensor:
     min_p = knob("min_p", min_p, logits)
     x = logits.clone()
     return x if is_neutral("min_p", min_p) else _min_p_(x, min_p)
+
+
+STAGE = Stage(
+    "min_p", apply=lambda x, batch: _min_p_(x, batch.knob("min_p")),
+    compact=lambda x, batch: _candidates().at_least(x, threshold(x, batch.knob("min_p"))),
+    paper="Nguyen et al. 2024, arXiv 2407.01082", summary="keep p >= min_p · p_max (inclusive)",
+    active=lambda p: p.min_p > 0,
+    knobs=(Knob("min_p", 0.0, lambda x: 0 <= x <= 1, "[0, 1] (0 = off)",
+                "keep tokens at least min_p times as likely as the top one", flag="--min-p"),))
+
+
+def _candidates():
+    from ..candidates import Candidates  # candidates imports ops: keep the import edge one-way
+
+    return Candidates

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from ..errors import TemperanceError
+from ..stage import Knob, Stage
 from ._common import NEG_INF, check_logits, col, knob
 from ._topk import chunked_topk
 from .top_k import _top_k_
@@ -84,3 +85,19 @@ def mirostat(logits: Tensor, *, mu, mirostat=2) -> Tensor:
         raise TemperanceError("mirostat must be 1 or 2 for ops.mirostat, got 0")
     mu = torch.as_tensor(mu, dtype=torch.float32).expand(logits.shape[0])
     return _mirostat_(logits.clone(), mu, mirostat, logits.shape[1])
+
+
+BEFORE = ("logit_bias", "penalties", "temperature")  # what still runs before mirostat
+
+STAGE = Stage(
+    "mirostat", apply=None, in_order=False,  # stateful: the chain runs it with its mu
+    paper="Basu et al. 2021, ICLR", summary="v1/v2; when on, replaces truncation and the draw",
+    active=lambda p: p.mirostat > 0,
+    knobs=(
+        Knob("mirostat", 0, lambda x: x in (0, 1, 2), "{0, 1, 2} (0 = off)",
+             "mirostat version; replaces truncation", flag="--mirostat", integer=True),
+        Knob("mirostat_tau", 5.0, lambda x: math.isfinite(x) and x >= 0, "[0, inf)",
+             "target surprise in bits per token", flag="--mirostat-ent"),
+        Knob("mirostat_eta", 0.1, lambda x: math.isfinite(x) and x >= 0, "[0, inf)",
+             "learning rate of mu", flag="--mirostat-lr"),
+    ))

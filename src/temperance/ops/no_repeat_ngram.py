@@ -13,7 +13,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._common import NEG_INF, as_history, check_history, check_logits, col, is_neutral, knob
+from ..stage import Knob, Stage
+from ._common import NEG_INF, as_history, check_history, check_logits, check_not_empty, col, is_neutral, knob
 
 
 def _no_repeat_ngram_(x: Tensor, history: Tensor, no_repeat_ngram_size) -> Tensor:
@@ -45,3 +46,17 @@ def no_repeat_ngram(logits: Tensor, *, history, no_repeat_ngram_size=0) -> Tenso
     if is_neutral("no_repeat_ngram_size", no_repeat_ngram_size):
         return x
     return _no_repeat_ngram_(x, check_history(as_history(history, x.shape[0], x.device), x.shape[1]), no_repeat_ngram_size)
+
+
+def _stage_(x: Tensor, batch) -> Tensor:
+    x = _no_repeat_ngram_(x, batch.history, batch.knob("no_repeat_ngram_size"))
+    check_not_empty(x, "no_repeat_ngram banned every token")
+    return x
+
+
+STAGE = Stage(
+    "no_repeat_ngram", apply=_stage_, reads_ids=True, aliases=("no_repeat_ngram_size",),
+    paper="Paulus et al. 2017; transformers", summary="never complete an n-gram already in the context",
+    active=lambda p: p.no_repeat_ngram_size > 0,
+    knobs=(Knob("no_repeat_ngram_size", 0, lambda x: x >= 0, "integers >= 0 (0 = off)",
+                "never repeat an n-gram of this size", flag="--no-repeat-ngram-size", integer=True),))

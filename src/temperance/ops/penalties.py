@@ -18,9 +18,12 @@ tensor([[ 0.5000, -2.5000,  1.0000,  0.5000]])
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
+from ..stage import Knob, Stage
 from ._common import as_history, check_history, check_logits, col, is_neutral, knob
 
 
@@ -77,3 +80,33 @@ def penalties(logits: Tensor, *, history, repetition_penalty=1.0, frequency_pena
     if not isinstance(args[3], Tensor) and args[3] == 0:
         return x
     return _penalties_(x, check_history(as_history(history, x.shape[0], x.device), x.shape[1]), *args)
+
+
+def _stage_(x: Tensor, batch) -> Tensor:
+    k = batch.knob
+    return _penalties_(x, batch.history, k("repetition_penalty"), k("frequency_penalty"),
+                       k("presence_penalty"), k("penalty_last_n"))
+
+
+def _finite(x) -> bool:
+    return math.isfinite(x)
+
+
+STAGE = Stage(
+    "penalties", apply=_stage_, reads_ids=True, aliases=("repetition_penalty", "repeat_penalty", "penalty"),
+    paper="Keskar et al. 2019 (CTRL); OpenAI API",
+    summary="CTRL repetition penalty, then OpenAI frequency/presence, over the last n tokens",
+    active=lambda p: p.penalty_last_n != 0 and (
+        p.repetition_penalty != 1 or p.frequency_penalty != 0 or p.presence_penalty != 0),
+    knobs=(
+        Knob("repetition_penalty", 1.0, lambda x: _finite(x) and x > 0, "(0, inf) (1 = off)",
+             "divide positive, multiply negative logits of seen tokens", flag="--repeat-penalty",
+             request=("repeat_penalty", "repetition_penalty")),
+        Knob("frequency_penalty", 0.0, _finite, "finite reals (0 = off)",
+             "subtract count x this from each seen token", flag="--frequency-penalty"),
+        Knob("presence_penalty", 0.0, _finite, "finite reals (0 = off)",
+             "subtract this from every seen token", flag="--presence-penalty"),
+        Knob("penalty_last_n", 64, lambda x: x >= -1, "integers >= -1 (-1 = whole context, 0 = off)",
+             "how many recent tokens the penalties count", flag="--repeat-last-n",
+             request=("repeat_last_n", "penalty_last_n"), integer=True),
+    ))

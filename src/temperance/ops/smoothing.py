@@ -15,9 +15,12 @@ tensor([[2.0000, 1.5000, 0.0000]])
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
+from ..stage import Knob, Stage
 from ._common import check_logits, col, is_neutral, knob
 
 
@@ -36,3 +39,15 @@ def smoothing(logits: Tensor, *, smoothing_factor=0.0, smoothing_curve=1.0) -> T
     smoothing_curve = knob("smoothing_curve", smoothing_curve, logits)
     x = logits.clone()
     return x if is_neutral("smoothing_factor", smoothing_factor) else _smoothing_(x, smoothing_factor, smoothing_curve)
+
+
+STAGE = Stage(
+    "smoothing", apply=None, in_order=False, part_of="temperature",
+    paper="kalomaze, text-generation-webui #5403", summary="quadratic/cubic transform around the max",
+    active=lambda p: p.smoothing_factor > 0,
+    knobs=(
+        Knob("smoothing_factor", 0.0, lambda x: math.isfinite(x) and x >= 0, "[0, inf) (0 = off)",
+             "quadratic smoothing strength", flag="--smoothing-factor"),
+        Knob("smoothing_curve", 1.0, lambda x: 1 <= x <= 3, "[1, 3]",
+             "1 = quadratic; above 1 adds a cubic term", flag="--smoothing-curve"),
+    ))

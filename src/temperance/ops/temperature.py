@@ -11,9 +11,12 @@ tensor([[4., 2., 0.]])
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
+from ..stage import Knob, Stage
 from ._common import check_logits, col, is_neutral, knob
 
 
@@ -41,3 +44,31 @@ def temperature(logits: Tensor, *, temperature=1.0) -> Tensor:
     temperature = knob("temperature", temperature, logits)
     x = logits.clone()
     return x if is_neutral("temperature", temperature) else _temperature_(x, temperature)
+
+
+def _stage_(x: Tensor, batch) -> Tensor:
+    """The chain's temperature stage: dynamic temperature or plain T, then smoothing (never on
+    greedy rows)."""
+    from .dynatemp import _dynatemp_  # they build on _temperature_: imported here, not at the top
+    from .smoothing import _smoothing_
+
+    k = batch.knob
+    if batch.active("dynatemp"):
+        x = _dynatemp_(x, k("temperature"), k("dynatemp_range"), k("dynatemp_exponent"))
+    else:
+        T = {p.temperature for p in batch.params}
+        x = _temperature_(x, T.pop() if len(T) == 1 else k("temperature"))
+    if batch.active("smoothing"):
+        x = _smoothing_(x, torch.where(k("temperature") > 0, k("smoothing_factor"), 0.0),
+                        k("smoothing_curve"))
+    return x
+
+
+STAGE = Stage(
+    "temperature", apply=_stage_, aliases=("temp",), paper="Ackley et al. 1985; Hinton et al. 2015",
+    summary="l / T (0 = greedy, no cap), with dynamic temperature and smoothing",
+    active=lambda p: p.temperature not in (0.0, 1.0) or (
+        p.temperature > 0 and (p.dynatemp_range > 0 or p.smoothing_factor > 0)),
+    knobs=(Knob("temperature", 1.0, lambda x: math.isfinite(x) and x >= 0, "[0, inf) (0 = greedy)",
+                "divide the logits by T; 0 = greedy; no upper cap", flag="--temp",
+                request=("temperature", "temp")),))

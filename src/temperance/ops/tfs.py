@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..stage import Knob, Stage
 from ._common import NEG_INF, check_logits, col, is_neutral, knob
 
 
@@ -44,3 +45,12 @@ def tfs(logits: Tensor, *, tfs_z=1.0) -> Tensor:
     tfs_z = knob("tfs_z", tfs_z, logits)
     x = logits.clone()
     return x if is_neutral("tfs_z", tfs_z) else _tfs_(x, tfs_z)
+
+
+STAGE = Stage(
+    "tfs", apply=lambda x, batch: _tfs_(x, batch.knob("tfs_z")), row_length=True,
+    aliases=("tail_free", "tfs_z"), paper="Bricken 2019, Tail-Free Sampling",
+    summary="tail-free sampling: cut where the sorted probabilities flatten out",
+    active=lambda p: p.tfs_z < 1,
+    knobs=(Knob("tfs_z", 1.0, lambda x: 0 <= x <= 1, "[0, 1] (1 = off)",
+                "keep sorted tokens while the normalised curvature sums to <= z", flag="--tfs"),))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..stage import Knob, Stage
 from ._common import NEG_INF, check_logits, col, is_neutral, knob
 
 
@@ -30,3 +31,11 @@ def top_a(logits: Tensor, *, top_a=0.0) -> Tensor:
     top_a = knob("top_a", top_a, logits)
     x = logits.clone()
     return x if is_neutral("top_a", top_a) else _top_a_(x, top_a)
+
+
+STAGE = Stage(
+    "top_a", apply=lambda x, batch: _top_a_(x, batch.knob("top_a")),
+    paper="BlinkDL (RWKV)", summary="keep p >= a · p_max^2",
+    active=lambda p: p.top_a > 0,
+    knobs=(Knob("top_a", 0.0, lambda x: 0 <= x <= 1, "[0, 1] (0 = off)",
+                "keep tokens with p >= a · p_max^2", flag="--top-a"),))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..stage import Knob, Stage
 from ._common import NEG_INF, check_logits, col, is_neutral, knob
 from ._topk import chunked_topk
 
@@ -51,3 +52,29 @@ def top_k(logits: Tensor, *, top_k=0) -> Tensor:
     top_k = knob("top_k", top_k, logits)
     x = logits.clone()
     return x if is_neutral("top_k", top_k) else _top_k_(x, top_k)
+
+
+def compact(x: Tensor, top_k) -> "Candidates":  # noqa: F821
+    """Exactly the top-k survivors of dense ``x`` as `Candidates`, from a chunked top-k."""
+    from ..candidates import Candidates  # candidates imports ops: keep the import edge one-way
+
+    V = x.shape[1]
+    k = col(top_k, x, torch.int64)
+    kmax = int(k.max())
+    vals, ids = chunked_topk(x, min(kmax + 1, V))
+    if kmax < V:
+        if bool((vals.gather(1, k) == vals.gather(1, k - 1)).any()):  # boundary tie
+            return Candidates.from_dense(_top_k_(x.clone(), top_k))
+        vals, ids = vals[:, :kmax], ids[:, :kmax]
+    vals = vals.masked_fill(torch.arange(vals.shape[1], device=x.device) >= k, NEG_INF)
+    ids, order = torch.sort(ids, dim=-1)
+    return Candidates(vals.gather(1, order), ids, V)
+
+
+STAGE = Stage(
+    "top_k", apply=lambda x, batch: _top_k_(x, batch.knob("top_k")),
+    compact=lambda x, batch: compact(x, batch.knob("top_k")),
+    paper="Fan et al. 2018", summary="exactly k tokens; ties -> lower token id",
+    active=lambda p: p.top_k > 0,
+    knobs=(Knob("top_k", 0, lambda x: x >= 0, "integers >= 0 (0 = off)",
+                "keep the k most likely tokens", flag="--top-k", integer=True),))

@@ -13,9 +13,12 @@ tensor([[0.0000, 0.0000, 0.4286, 0.5714]])
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
+from ..stage import Knob, Stage
 from ._common import NEG_INF, check_logits, col, is_neutral, knob
 
 
@@ -41,3 +44,19 @@ def top_n_sigma(logits: Tensor, *, top_n_sigma=0.0) -> Tensor:
     top_n_sigma = knob("top_n_sigma", top_n_sigma, logits)
     x = logits.clone()
     return x if is_neutral("top_n_sigma", top_n_sigma) else _top_n_sigma_(x, top_n_sigma)
+
+
+STAGE = Stage(
+    "top_n_sigma", apply=lambda x, batch: _top_n_sigma_(x, batch.knob("top_n_sigma")),
+    compact=lambda x, batch: _candidates().at_least(x, threshold(x, batch.knob("top_n_sigma"))),
+    aliases=("nsigma", "top_nsigma"), paper="Tang et al. 2024, arXiv 2411.07641",
+    summary="keep logits within n standard deviations of the max (temperature-invariant)",
+    active=lambda p: p.top_n_sigma > 0,
+    knobs=(Knob("top_n_sigma", 0.0, math.isfinite, "finite reals (<= 0 = off)",
+                "keep logits >= max - n·sigma", flag="--top-nsigma"),))
+
+
+def _candidates():
+    from ..candidates import Candidates  # candidates imports ops: keep the import edge one-way
+
+    return Candidates

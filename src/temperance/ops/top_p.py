@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..stage import Knob, Stage
 from ._common import NEG_INF, compact, check_logits, col, is_neutral, knob
 from ._topk import chunked_topk
 
@@ -154,3 +155,12 @@ def top_p(logits: Tensor, *, top_p=1.0) -> Tensor:
     top_p = knob("top_p", top_p, logits)
     x = logits.clone()
     return x if is_neutral("top_p", top_p) else _top_p_(x, top_p)
+
+
+STAGE = Stage(
+    "top_p", apply=lambda x, batch: _top_p_(x, batch.knob("top_p")),
+    compact=lambda x, batch: nucleus_candidates(x, batch.knob("top_p")),
+    aliases=("nucleus",), paper="Holtzman et al. 2019", summary="nucleus, including the crossing token",
+    active=lambda p: p.top_p < 1,
+    knobs=(Knob("top_p", 1.0, lambda x: 0 < x <= 1, "(0, 1] (1 = off)",
+                "keep the most likely tokens up to probability mass p", flag="--top-p"),))

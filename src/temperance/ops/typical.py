@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..stage import Knob, Stage
 from ._common import NEG_INF, check_logits, col, is_neutral, knob
 
 
@@ -40,3 +41,13 @@ def typical_p(logits: Tensor, *, typical_p=1.0) -> Tensor:
     typical_p = knob("typical_p", typical_p, logits)
     x = logits.clone()
     return x if is_neutral("typical_p", typical_p) else _typical_p_(x, typical_p)
+
+
+STAGE = Stage(
+    "typical_p", apply=lambda x, batch: _typical_p_(x, batch.knob("typical_p")),
+    aliases=("typical", "typ_p"), paper="Meister et al. 2022, Locally Typical Sampling",
+    summary="keep the locally typical set of mass p",
+    active=lambda p: p.typical_p < 1,
+    knobs=(Knob("typical_p", 1.0, lambda x: 0 < x <= 1, "(0, 1] (1 = off)",
+                "keep tokens whose surprise is closest to the entropy, up to mass p",
+                flag="--typical", request=("typical_p", "typical")),))

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from .. import noise
+from ..stage import Knob, Stage
 from ._common import NEG_INF, check_logits, col, is_neutral, knob
 
 
@@ -51,3 +52,19 @@ def xtc(logits: Tensor, *, xtc_probability=0.0, xtc_threshold=0.1, seed=0, step=
     seed = torch.as_tensor(seed, dtype=torch.int64).expand(B)
     step = torch.as_tensor(step, dtype=torch.int64).expand(B)
     return _xtc_(x, xtc_probability, xtc_threshold, seed, step)
+
+
+def _stage_(x: Tensor, batch) -> Tensor:
+    return _xtc_(x, batch.knob("xtc_probability"), batch.knob("xtc_threshold"), batch.seed, batch.step)
+
+
+STAGE = Stage(
+    "xtc", apply=_stage_, paper="p-e-w, text-generation-webui #6335",
+    summary="sometimes remove all top choices but the least likely",
+    active=lambda p: p.xtc_probability > 0 and p.xtc_threshold <= 0.5,
+    knobs=(
+        Knob("xtc_probability", 0.0, lambda x: 0 <= x <= 1, "[0, 1] (0 = off)",
+             "chance per step that XTC acts", flag="--xtc-probability"),
+        Knob("xtc_threshold", 0.1, lambda x: 0 <= x <= 1, "[0, 1] (> 0.5 = off)",
+             "tokens with p >= threshold are top choices", flag="--xtc-threshold"),
+    ))
