@@ -184,18 +184,61 @@ def test_eta_vectors():
 
 # -- TFS, top-a, smoothing, dynatemp ----------------------------------------------------------------
 
-@pytest.mark.parametrize("z, keep", [(0.95, [0, 1, 2]), (0.5, [0, 1]), (0.25, [0]), (0.0, [0]),
-                                     (0.6, [0, 1, 2])])
-def test_tfs_vectors(z, keep):
-    # d2 = (.05, .04, .08) / .17 -> W = (0.294, 0.529, 1.0); sorted token j dropped iff W[j-1] > z
-    assert kept(ops.tfs(L(*P5), tfs_z=z)) == keep
+def tfs_reference(p, z):
+    """A float64 transcription of the original rule (llama.cpp's loop), token indices kept."""
+    order = sorted(range(len(p)), key=lambda j: (-p[j], j))
+    q = [p[j] for j in order]
+    n = len(q)
+    if z >= 1 or n <= 2:
+        return sorted(order)
+    d = [abs(q[i] - 2 * q[i + 1] + q[i + 2]) for i in range(n - 2)]
+    total = sum(d)
+    w = [v / total for v in d] if total > 1e-6 else [1 / (n - 2)] * (n - 2)
+    last, cum = n, 0.0
+    for i, v in enumerate(w):
+        cum += v
+        if cum > z and i >= 1:
+            last = i
+            break
+    return sorted(order[:last])
+
+
+# (probabilities, z, kept ids): the linear curve has no curvature, so every d_i counts 1/3
+TFS_CASES = [
+    ((0.1, 0.15, 0.2, 0.25, 0.3), 0.25, [4]),
+    ((0.1, 0.15, 0.2, 0.25, 0.3), 0.75, [3, 4]),
+    ((0.1, 0.15, 0.2, 0.25, 0.3), 0.99, [3, 4]),
+    (P5, 0.95, [0, 1]),        # d = (.05, .04, .08)/.17 -> W = (.294, .529, 1.0): cut at i = 2
+    (P5, 0.5, [0]),            # W_1 = .529 > .5: cut at i = 1
+    (P5, 0.6, [0, 1]),
+    (P5, 0.25, [0]),           # W_0 > z does not cut (min_keep): token 0 stays
+    (P5, 0.0, [0]),
+    # d = (0, .05, .13, .01)/.19 -> W = (0, .263, .947, 1.0)
+    ((0.4, 0.3, 0.2, 0.05, 0.03, 0.02), 0.5, [0, 1]),
+    ((0.4, 0.3, 0.2, 0.05, 0.03, 0.02), 0.95, [0, 1, 2]),
+]
+
+
+@pytest.mark.parametrize("p, z, keep", TFS_CASES)
+def test_tfs_hand_vectors_match_the_original_rule(p, z, keep):
+    assert tfs_reference(list(p), z) == keep
+    assert kept(ops.tfs(torch.tensor([p]).log(), tfs_z=z)) == keep
+
+
+def test_tfs_ignores_masked_tokens():
+    x = torch.tensor([P5]).log()
+    padded = torch.cat([x, torch.full((1, 7), float("-inf"))], dim=1)
+    assert kept(ops.tfs(padded, tfs_z=0.95)) == kept(ops.tfs(x, tfs_z=0.95)) == [0, 1]
 
 
 def test_tfs_no_op_cases():
-    x = torch.zeros(1, 6)  # flat: no curvature
-    assert torch.equal(ops.tfs(x, tfs_z=0.5), x)
     x = torch.tensor([[1.0, 0.0]])  # V < 3
     assert torch.equal(ops.tfs(x, tfs_z=0.5), x)
+    x = torch.tensor([[1.0, 0.0, float("-inf"), float("-inf")]])  # two candidates
+    assert torch.equal(ops.tfs(x, tfs_z=0.5), x)
+    x = torch.log(torch.tensor([P5]))
+    assert torch.equal(ops.tfs(x, tfs_z=1.0), x)
+    assert kept(ops.tfs(torch.zeros(1, 6), tfs_z=0.5)) == [0, 1]  # flat: W = (.25, .5, .75, 1)
 
 
 def test_top_a_vectors():

@@ -170,16 +170,17 @@ def ref_threshold_rules(row: np.ndarray, name: str, v: float):
     elif name == "top_n_sigma":
         f = row[fin]
         t, val = f.max() - v * f.std(), np.where(fin, row, -INF)  # numpy std: population (ddof=0)
-    elif name == "tfs":
-        order = _desc_order(row)
+    elif name == "tfs":  # the original rule over the candidates (llama.cpp's loop)
+        order = [j for j in _desc_order(row) if fin[j]]
         s = q[order]
+        if len(s) <= 2:
+            return set(order), 1.0
         d2 = np.abs(np.diff(np.diff(s)))
-        if len(row) < 3 or d2.sum() == 0:
-            return set(np.nonzero(fin)[0].tolist()), 1.0
-        W = np.cumsum(d2 / d2.sum())
-        keep = {order[0]} | {order[j] for j in range(1, len(row) - 1) if W[j - 1] <= v}
-        margin = min([abs(w - v) for w in W] + [1.0])
-        return {k for k in keep if fin[k]}, margin
+        w = d2 / d2.sum() if d2.sum() > 1e-6 else np.full(len(d2), 1 / len(d2))
+        W = np.cumsum(w)
+        cut = next((i for i in range(1, len(W)) if W[i] > v), len(s))
+        margin = min([abs(x - v) for x in W] + [abs(d2.sum() - 1e-6) / 1e-6, 1.0])
+        return set(order[:cut]), margin
     keep = {i for i in range(len(row)) if fin[i] and val[i] >= t} | {top}
     margin = min([abs(val[i] - t) / max(abs(t), 1e-30) for i in range(len(row)) if fin[i]] + [1.0])
     return keep, margin
@@ -197,8 +198,6 @@ def test_threshold_rules_against_reference(name, op, knob, values):
     rng = np.random.default_rng(len(name))
     B, V = 300, 50
     x = _lm_like(rng, B, V)
-    if name == "tfs":
-        x[~torch.isfinite(x)] = -20.0  # TFS reads the full row: keep it unmasked
     v = torch.tensor(rng.choice(values, B), dtype=torch.float32)
     y = op(x, **{knob: v})
     skipped = 0
