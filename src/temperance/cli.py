@@ -150,6 +150,7 @@ def _inspect_model(args: argparse.Namespace, params: SamplingParams) -> int:
     tok = runtime.tokenizer
     ids = encode_prompts(tok, [args.prompt], chat=args.chat, max_context=runtime.max_context)[0]
     texts = tok.token_texts()
+    outs = tok.output_texts() if hasattr(tok, "output_texts") else texts   # special tokens: ""
     label = lambda i: repr(texts[i]) if i < len(texts) else f"<id {i}>"  # noqa: E731
     breakers = dry_breakers_for([params], tok)
     batch = Batch(params, history=[ids], dry_breakers=breakers)
@@ -168,7 +169,7 @@ def _inspect_model(args: argparse.Namespace, params: SamplingParams) -> int:
         if t in runtime.eos_token_ids:
             console.print("end of sequence")
             break
-        text += texts[t] if t < len(texts) else ""
+        text += outs[t] if t < len(outs) else ""
         batch = batch.append(picked.tokens)
         logits = runtime.decode(picked.tokens)
     if params.temperature == 0:

@@ -98,6 +98,9 @@ class HFTokenizer:
         self.tok = tokenizer
         self.eos_token_ids = eos_ids(tokenizer, generation_config)
         self.bos_token_id: int | None = tokenizer.bos_token_id
+        # Control tokens (<|im_end|>, <|im_start|>, ...): never text, whatever their names read.
+        self.special_ids: frozenset[int] = frozenset(
+            int(i) for i in (getattr(tokenizer, "all_special_ids", None) or ())) | self.eos_token_ids
         self._texts: list[str] | None = None
 
     def __len__(self) -> int:
@@ -128,12 +131,18 @@ class HFTokenizer:
         """Return each token's own decoded text, indexed by id (cached; ~0.1 s for 49k tokens).
 
         A byte-level token that is part of a multi-byte character decodes to U+FFFD. Used to match
-        text-level rules (DRY sequence breakers, stop strings) at the token level.
+        text-level rules (DRY sequence breakers, stop strings) at the token level, and as labels;
+        special tokens keep their names here (`output_texts` has them as "").
         """
         if self._texts is None:
             decode = self.tok.decode
             self._texts = [decode([i], skip_special_tokens=False) for i in range(len(self.tok))]
         return self._texts
+
+    def output_texts(self) -> list[str]:
+        """Each token's text as part of generated output: `token_texts()` with every special
+        token (`special_ids`: EOS, `<|im_start|>`, ...) as "" (they are control, not text)."""
+        return [("" if i in self.special_ids else t) for i, t in enumerate(self.token_texts())]
 
 
 class HFRuntime:
