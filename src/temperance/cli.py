@@ -235,6 +235,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
             sys.stdout.flush()
     if stream:
         sys.stdout.write("\n")
+        sys.stdout.flush()
+        _finish_notices(out, args, runtime)
         return 0
     for r, row in enumerate(out):
         for s, c in enumerate(row):
@@ -246,7 +248,33 @@ def cmd_generate(args: argparse.Namespace) -> int:
             else:
                 print(f"--- prompt {r}, sample {s} ({c.finish_reason}) ---")
                 print(c.text)
+    sys.stdout.flush()
+    _finish_notices(out, args, runtime)
     return 0
+
+
+def _finish_notices(out: list, args: argparse.Namespace, runtime) -> None:
+    """One stderr line for each completion a user would otherwise misread (stdout stays as it is):
+    the model ended at once (empty output; without `--chat` an instruct model often does), or the
+    text was cut at `--max-tokens` or at the model's context (finish reason "length")."""
+    eos = getattr(runtime, "eos_token_ids", None) or frozenset()
+    tok = getattr(runtime, "tokenizer", None)
+    has_template = bool(getattr(getattr(tok, "tok", tok), "chat_template", None))
+    many = sum(len(row) for row in out) > 1
+    for r, row in enumerate(out):
+        for s, c in enumerate(row):
+            if c.finish_reason == "stop" and len(c.tokens) == 1 and c.tokens[0] in eos:
+                msg = "the model ended at once (its first token was end-of-sequence)"
+                if has_template and not args.chat:
+                    msg += "; --chat applies the chat template for instruct models"
+            elif c.finish_reason == "length" and len(c.tokens) >= args.max_tokens:
+                msg = f"stopped at the limit of --max-tokens {args.max_tokens} (finish reason: length)"
+            elif c.finish_reason == "length":
+                msg = (f"stopped at the model's context limit of {getattr(runtime, 'max_context', '?')} "
+                       "tokens, prompt included (finish reason: length)")
+            else:
+                continue
+            print(f"temperance: {f'prompt {r}, sample {s}: ' if many else ''}{msg}", file=sys.stderr)
 
 
 def cmd_models(args: argparse.Namespace) -> int:
