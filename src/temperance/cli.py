@@ -321,8 +321,9 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
     from .runtime import default_threads
 
     p.add_argument("--model", default="smollm2", help="model name or path (default smollm2)")
-    p.add_argument("--threads", type=int, default=default_threads(),
-                   help=f"torch threads (default {default_threads()})")
+    n = default_threads()
+    p.add_argument("--threads", type=int, default=n,
+                   help=f"torch threads (default: the free CPUs, CPUs minus the load average; now {n})")
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
 
 
