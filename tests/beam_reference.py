@@ -8,8 +8,8 @@ with `do_sample=True`, in the vectorised form of transformers #35802):
 2. Each step, every running beam b scores every token t: `s_b + process(logp(seq_b))[t]`, where
    `process` is the logits processors on the log-probs (here: divide by the temperature, then keep
    the top k). K = max(2, 1 + #eos) · W continuations are drawn without replacement from the
-   softmax of those W·V scores (`torch.multinomial`), then ordered best first (`order="score"`;
-   transformers 5.0-5.23 kept the draw order, `order="draw"`).
+   softmax of those W·V scores (`torch.multinomial`), then ordered best first (`order="score"`,
+   as transformers 4.x and >= 5.24; 5.0-5.23 kept the draw order, `order="draw"`).
 3. A continuation ends with EOS or at `max_tokens`. Only the first W may enter the finished pool,
    scored `s / generated_len ** length_penalty`; the pool keeps the best W. Nothing enters once the
    pool is full and `early_stopping is True`, or once improvement became impossible (4).

@@ -276,12 +276,11 @@ def test_beam_sampling_matches_reference(llama, seed, beams, temperature):
 
 
 def _transformers_orders_sampled_beams() -> str:
-    """How the installed transformers orders the K sampled continuations: "score" (4.x and
-    >= 5.24, as the algorithm says) or "draw" (5.0-5.23, dropped in the #35802 rewrite)."""
+    """How the installed transformers (>= 5.0, as pyproject.toml requires) orders the K sampled
+    continuations: "score" from 5.24 on (as the classic 4.x `_beam_sample` did), "draw" before."""
     import transformers
     from packaging.version import Version
-    v = Version(transformers.__version__)
-    return "draw" if Version("5.0") <= v < Version("5.24") else "score"
+    return "score" if Version(transformers.__version__) >= Version("5.24") else "draw"
 
 
 @pytest.mark.parametrize("seed", range(3))

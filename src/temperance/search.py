@@ -143,8 +143,8 @@ def beam_step(logprobs: Tensor, running: Tensor, k: int, *, sample: bool = False
     if sample:
         # HF: multinomial over the softmax of the accumulated scores, then their scores gathered.
         idx = torch.multinomial(total.softmax(-1), k, generator=generator)      # [N, K]
-        # Then best first, as plain beam search: the first W may finish (transformers 4.x and
-        # >= 5.24; 5.0-5.23 kept draw order, an accident of the #35802 rewrite).
+        # Then best first, as plain beam search: the first W may finish (the classic 4.x
+        # `_beam_sample` and transformers >= 5.24; the vectorised code before 5.24 kept draw order).
         scores, order = total.gather(1, idx).sort(dim=-1, descending=True, stable=True)
         idx = idx.gather(1, order)
     else:
