@@ -37,11 +37,15 @@ PROMPTS = ["Once upon a time, there was a little girl named Lily who", "The old 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", default="1", help="a count, or 'auto' (temperance's default: free CPUs)")
     ap.add_argument("--tokens", type=int, default=None)
     args = ap.parse_args()
     n_tok = args.tokens or (24 if args.quick else 64)
     runs = 1 if args.quick else 3
+    if args.threads == "auto":
+        from temperance.runtime import default_threads
+        args.threads = default_threads()
+    args.threads = int(args.threads)
     torch.set_num_threads(args.threads)
     rt = load("smollm2", threads=args.threads)
     model, tok = rt.model, rt.tokenizer
@@ -56,7 +60,9 @@ def main() -> None:
         sample_time[0] += time.perf_counter() - t0
         return out
 
-    print(f"torch {torch.__version__}, {args.threads} thread(s), {n_tok} new tokens, median of {runs}")
+    print(f"torch {torch.__version__}, {args.threads} thread(s), OMP_WAIT_POLICY="
+          f"{os.environ.get('OMP_WAIT_POLICY', '(unset)')}, load {os.getloadavg()[0]:.2f}, "
+          f"{n_tok} new tokens, median of {runs}")
     print("| batch | ours tok/s | transformers tok/s | ours / HF | sampling share of our step |")
     print("|---:|---:|---:|---:|---:|")
     generate_text(rt, PROMPTS[:1], params, max_tokens=4)  # warm both paths up once

@@ -97,3 +97,49 @@ def test_inspect_prompt(capsys, real):
     code, out, _ = run(capsys, "inspect", "--prompt", "The capital of France is", "--top-k", "5",
                        "--steps", "2", "--temp", "0")
     assert code == 0 and "' Paris'" in out and "entropy (bits)" in out and "(step 2)" in out
+
+
+@pytest.fixture()
+def tiny(monkeypatch):
+    """`generate` on a tiny random Llama with a ChatML tokenizer (EOS = 2, <|im_end|>): fast."""
+    from conftest_runtime_helpers import hf_tokenizer, tiny_llama
+    from temperance.runtime.hf import HFRuntime
+    rt = HFRuntime(tiny_llama(vocab_size=262, eos_token_id=2), hf_tokenizer())
+    monkeypatch.setattr(models, "load", lambda name="smollm2", threads=None, **kw: rt)
+    return rt
+
+
+def test_generate_says_when_the_model_ends_at_once(capsys, tiny):
+    code, out, err = run(capsys, "generate", "--temp", "0", "--logit-bias", "2+50", "hello")
+    assert code == 0 and out == "\n"
+    assert err == ("temperance: the model ended at once (its first token was end-of-sequence); "
+                   "--chat applies the chat template for instruct models\n")
+    code, out, err = run(capsys, "generate", "--chat", "--temp", "0", "--logit-bias", "2+50", "hello")
+    assert code == 0 and err.count("\n") == 1 and "ended at once" in err and "--chat" not in err
+
+
+def test_generate_says_when_it_stopped_at_max_tokens(capsys, tiny):
+    code, out, err = run(capsys, "generate", "--temp", "0", "--logit-bias", "2-inf", "--max-tokens", "3",
+                         "hello")
+    assert code == 0 and out.strip()
+    assert err == "temperance: stopped at the limit of --max-tokens 3 (finish reason: length)\n"
+    code, out, err = run(capsys, "generate", "--json", "-n", "2", "--seed", "1", "--logit-bias", "2-inf",
+                         "--max-tokens", "3", "hello")
+    rows = [json.loads(line) for line in out.splitlines()]        # stdout: JSON only
+    assert code == 0 and [r["finish_reason"] for r in rows] == ["length", "length"]
+    assert err.splitlines() == [f"temperance: prompt 0, sample {s}: stopped at the limit of --max-tokens 3 "
+                                "(finish reason: length)" for s in (0, 1)]
+
+
+def test_generate_no_notice_when_the_model_stops(capsys, tiny):
+    stop = tiny.tokenizer.token_texts()[100]                       # token 100 is forced, then stops
+    code, out, err = run(capsys, "generate", "--temp", "0", "--max-tokens", "3", "--logit-bias", "2-inf",
+                         "--logit-bias", "100+50", "--stop", stop, "hello")
+    assert code == 0 and err == "" and out == "\n"
+
+
+@pytest.mark.slow
+def test_generate_instruct_without_chat_explains_empty_output(capsys, real):
+    """The issue as a user hit it: SmolLM2-Instruct ends at once without its chat template."""
+    code, out, err = run(capsys, "generate", "--temp", "0", "Write one sentence about the sea.")
+    assert code == 0 and out == "\n" and "ended at once" in err and "--chat" in err

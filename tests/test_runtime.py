@@ -116,6 +116,27 @@ def test_logits_are_float32_and_writable(model):
     assert rt.decode(torch.tensor([4])).dtype == torch.float32
 
 
+def test_cache_goes_by_the_name_forward_takes_and_nothing_warns(model, caplog):
+    """transformers >= 5.24 renamed the KV-cache argument to `cache` (the old name warns, and is
+    removed in 5.40): the runtime must use whatever the installed model's forward takes, so a
+    user sees no deprecation warning (neither a Python warning nor transformers' logger)."""
+    import inspect
+    import logging
+    import warnings
+
+    from temperance.runtime.hf import cache_argument
+
+    params = inspect.signature(model.forward).parameters
+    rt = HFRuntime(model)
+    assert rt._cache_arg == cache_argument(params) and rt._cache_arg in params
+    with warnings.catch_warnings(), caplog.at_level(logging.WARNING):
+        warnings.simplefilter("error")          # a FutureWarning / DeprecationWarning fails here
+        rt.prefill(PROMPTS[:2])
+        rt.select(torch.tensor([1, 0, 0]))
+        rt.decode(torch.tensor([3, 4, 5]))
+    assert not [r for r in caplog.records if "deprecat" in r.getMessage().lower()]
+
+
 def test_keep_hidden_follows_select(model):
     rt = HFRuntime(model, keep_hidden=True)
     rt.prefill(PROMPTS[:2])
@@ -157,7 +178,7 @@ def test_hf_tokenizer_wrapper(model):
 
 def test_set_threads():
     before = torch.get_num_threads()
-    assert 1 <= default_threads() <= 2
+    assert 1 <= default_threads() <= min(8, len(os.sched_getaffinity(0)))
     assert set_threads(1) == 1 and torch.get_num_threads() == 1
     with pytest.raises(ValueError):
         set_threads(0)

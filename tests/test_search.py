@@ -10,6 +10,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest
 import torch
 
+from beam_reference import beam_sample
 from conftest_runtime_helpers import tiny_llama
 from temperance.errors import TemperanceError
 from temperance.params import SamplingParams
@@ -227,22 +228,84 @@ def test_matches_transformers_beam_search(llama, eos, beams, nrs, lp, es):
     assert all(t == upto_eos(t) for t in flat)
 
 
+def _upto(t: list[int], eos: int) -> list[int]:
+    return t[:t.index(eos) + 1] if eos in t else t
+
+
+def _llama_logp(model):
+    """Next-token log-probs of a whole sequence, recomputed without a cache (the oracle's view)."""
+    @torch.no_grad()
+    def logp(seq):
+        return model(torch.tensor([seq])).logits[0, -1].float().log_softmax(-1)
+    return logp
+
+
+@pytest.mark.parametrize("V,beams,top_k,temperature", [(8, 2, 0, 1.0), (12, 3, 6, 0.7), (12, 2, 5, 1.5)])
+@pytest.mark.parametrize("lp,es", [(1.0, False), (0.5, True), (2.0, "never"), (-1.0, False)])
+@pytest.mark.parametrize("seed", range(4))
+def test_beam_sampling_matches_reference_on_toy_lm(V, beams, top_k, temperature, lp, es, seed):
+    """Ours against the from-the-algorithm oracle (tests/beam_reference.py) with the same seeded
+    generator: same tokens, same scores, the whole pool. EOS (token 0) is drawn often here, so
+    early finishing, the pool and the stopping rules are all exercised."""
+    lm = ToyLM(V, seed, scale=1.0)
+    gen = torch.Generator().manual_seed(100 + seed)
+    want = beam_sample(lm.logp, [1, 2], beams=beams, eos={0}, max_tokens=6, generator=gen,
+                       temperature=temperature, top_k=top_k, length_penalty=lp, early_stopping=es)
+    got = beam_search(lm, [[1, 2]], BeamSettings(beams=beams, sample=True, length_penalty=lp,
+                                                 early_stopping=es, num_return_sequences=beams),
+                      SamplingParams(seed=100 + seed, top_k=top_k, temperature=temperature),
+                      max_tokens=6)[0]
+    assert [h.tokens for h in got] == [t for t, _ in want]
+    assert [h.score for h in got] == pytest.approx([s for _, s in want], abs=1e-5)
+
+
 @pytest.mark.parametrize("seed", range(3))
 @pytest.mark.parametrize("beams", [2, 4])
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
-def test_beam_sampling_matches_transformers(llama, seed, beams, temperature):
-    """HF beam-sample draws with the global RNG; ours with a generator seeded by the request seed:
-    the same stream, so the same draws, when the chain equals HF's warpers (top-k, temperature)."""
+def test_beam_sampling_matches_reference(llama, seed, beams, temperature):
+    """Ours (KV cache, chain, vectorised step) against the oracle (no cache, plain loops) on the
+    tiny Llama with the chain of transformers' warpers (top-k 20, temperature)."""
+    model, rt = llama[161]
+    p = [5, 6, 7, 8, 9]
+    want = beam_sample(_llama_logp(model), p, beams=beams, eos={161}, max_tokens=8,
+                       generator=torch.Generator().manual_seed(seed), temperature=temperature, top_k=20)
+    got = beam_search(rt, [p], BeamSettings(beams=beams, sample=True, num_return_sequences=beams),
+                      SamplingParams(seed=seed, top_k=20, temperature=temperature), max_tokens=8)[0]
+    assert [h.tokens for h in got] == [t for t, _ in want]
+    assert [h.score for h in got] == pytest.approx([s for _, s in want], abs=1e-4)
+
+
+def _transformers_orders_sampled_beams() -> str:
+    """How the installed transformers (>= 5.0, as pyproject.toml requires) orders the K sampled
+    continuations: "score" from 5.24 on (as the classic 4.x `_beam_sample` did), "draw" before."""
+    import transformers
+    from packaging.version import Version
+    return "score" if Version(transformers.__version__) >= Version("5.24") else "draw"
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("beams", [2, 4])
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_beam_sampling_transformers_agrees_with_reference(llama, seed, beams, temperature):
+    """transformers' beam sampling (global RNG) equals the oracle run with the same seed and the
+    ordering that transformers version uses; where that is the algorithm's ("score"), ours
+    equals transformers token for token as well. HF draws with the global RNG; ours with a
+    generator seeded by the request seed: the same stream, so the same draws."""
     model, rt = llama[161]
     p = [5, 6, 7, 8, 9]
     torch.manual_seed(seed)
     out = model.generate(torch.tensor([p]), attention_mask=torch.ones(1, 5, dtype=torch.long),
                          num_beams=beams, do_sample=True, top_k=20, top_p=1.0, temperature=temperature,
                          max_new_tokens=8, pad_token_id=0, eos_token_id=161, num_return_sequences=beams)
-    want = [t[:t.index(161) + 1] if 161 in t else t for t in out[:, 5:].tolist()]
-    got = beam_search(rt, [p], BeamSettings(beams=beams, sample=True, num_return_sequences=beams),
-                      SamplingParams(seed=seed, top_k=20, temperature=temperature), max_tokens=8)[0]
-    assert [h.tokens for h in got] == want
+    hf = [_upto(t, 161) for t in out[:, 5:].tolist()]
+    order = _transformers_orders_sampled_beams()
+    ref = beam_sample(_llama_logp(model), p, beams=beams, eos={161}, max_tokens=8, order=order,
+                      generator=torch.Generator().manual_seed(seed), temperature=temperature, top_k=20)
+    assert hf == [t for t, _ in ref]
+    if order == "score":
+        got = beam_search(rt, [p], BeamSettings(beams=beams, sample=True, num_return_sequences=beams),
+                          SamplingParams(seed=seed, top_k=20, temperature=temperature), max_tokens=8)[0]
+        assert [h.tokens for h in got] == hf
 
 
 # -- contrastive ----------------------------------------------------------------------------------

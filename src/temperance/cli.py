@@ -127,6 +127,7 @@ def _inspect_model(args: argparse.Namespace, params: SamplingParams) -> int:
     tok = runtime.tokenizer
     ids = encode_prompts(tok, [args.prompt], chat=args.chat, max_context=runtime.max_context)[0]
     texts = tok.token_texts()
+    outs = tok.output_texts() if hasattr(tok, "output_texts") else texts   # special tokens: ""
     label = lambda i: repr(texts[i]) if i < len(texts) else f"<id {i}>"  # noqa: E731
     breakers = dry_breakers_for([params], tok)
     batch = Batch(params, history=[ids], dry_breakers=breakers)
@@ -145,7 +146,7 @@ def _inspect_model(args: argparse.Namespace, params: SamplingParams) -> int:
         if t in runtime.eos_token_ids:
             console.print("end of sequence")
             break
-        text += texts[t] if t < len(texts) else ""
+        text += outs[t] if t < len(outs) else ""
         batch = batch.append(picked.tokens)
         logits = runtime.decode(picked.tokens)
     if params.temperature == 0:
@@ -211,6 +212,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
             sys.stdout.flush()
     if stream:
         sys.stdout.write("\n")
+        sys.stdout.flush()
+        _finish_notices(out, args, runtime)
         return 0
     for r, row in enumerate(out):
         for s, c in enumerate(row):
@@ -222,7 +225,33 @@ def cmd_generate(args: argparse.Namespace) -> int:
             else:
                 print(f"--- prompt {r}, sample {s} ({c.finish_reason}) ---")
                 print(c.text)
+    sys.stdout.flush()
+    _finish_notices(out, args, runtime)
     return 0
+
+
+def _finish_notices(out: list, args: argparse.Namespace, runtime) -> None:
+    """One stderr line for each completion a user would otherwise misread (stdout stays as it is):
+    the model ended at once (empty output; without `--chat` an instruct model often does), or the
+    text was cut at `--max-tokens` or at the model's context (finish reason "length")."""
+    eos = getattr(runtime, "eos_token_ids", None) or frozenset()
+    tok = getattr(runtime, "tokenizer", None)
+    has_template = bool(getattr(getattr(tok, "tok", tok), "chat_template", None))
+    many = sum(len(row) for row in out) > 1
+    for r, row in enumerate(out):
+        for s, c in enumerate(row):
+            if c.finish_reason == "stop" and len(c.tokens) == 1 and c.tokens[0] in eos:
+                msg = "the model ended at once (its first token was end-of-sequence)"
+                if has_template and not args.chat:
+                    msg += "; --chat applies the chat template for instruct models"
+            elif c.finish_reason == "length" and len(c.tokens) >= args.max_tokens:
+                msg = f"stopped at the limit of --max-tokens {args.max_tokens} (finish reason: length)"
+            elif c.finish_reason == "length":
+                msg = (f"stopped at the model's context limit of {getattr(runtime, 'max_context', '?')} "
+                       "tokens, prompt included (finish reason: length)")
+            else:
+                continue
+            print(f"temperance: {f'prompt {r}, sample {s}: ' if many else ''}{msg}", file=sys.stderr)
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -269,8 +298,9 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
     from .runtime import default_threads
 
     p.add_argument("--model", default="smollm2", help="model name or path (default smollm2)")
-    p.add_argument("--threads", type=int, default=default_threads(),
-                   help=f"torch threads (default {default_threads()})")
+    n = default_threads()
+    p.add_argument("--threads", type=int, default=n,
+                   help=f"torch threads (default: the free CPUs, CPUs minus the load average; now {n})")
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
 
 

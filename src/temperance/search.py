@@ -7,7 +7,8 @@ Beam search follows transformers' `_beam_search` (the vectorised rewrite of #358
   `[0, -1e9, ...]`, so step 1 only expands the first copy;
 - each step takes the top `K = max(2, 1 + #eos) * W` continuations of all `W × V`
   (`beam_step`, the one pure function of the strategy), or samples `K` of them without
-  replacement (beam sampling: the `Chain` runs on the log-probs first, as HF's logits processors);
+  replacement and orders them best first (beam sampling: the `Chain` runs on the log-probs first,
+  as HF's logits processors);
 - a continuation that ends (EOS, or the token budget) *and* ranks among the first `W` enters the
   finished pool with score `sum_logprobs / generated_len ** length_penalty` (generated_len counts
   the EOS); the pool keeps the best `W`;
@@ -132,7 +133,7 @@ def beam_step(logprobs: Tensor, running: Tensor, k: int, *, sample: bool = False
             instead of taking the top K.
 
     Returns:
-        (scores, tokens, parents), each [N, K], best first (for `sample`: in draw order, as HF):
+        (scores, tokens, parents), each [N, K], best first (for `sample`: the K drawn, best first):
         the accumulated score of each continuation, its new token, and the beam (0..W-1) it extends.
     """
     N, W, V = logprobs.shape
@@ -142,7 +143,10 @@ def beam_step(logprobs: Tensor, running: Tensor, k: int, *, sample: bool = False
     if sample:
         # HF: multinomial over the softmax of the accumulated scores, then their scores gathered.
         idx = torch.multinomial(total.softmax(-1), k, generator=generator)      # [N, K]
-        scores = total.gather(1, idx)      # in draw order: HF lets the first W drawn finish
+        # Then best first, as plain beam search: the first W may finish (the classic 4.x
+        # `_beam_sample` and transformers >= 5.24; the vectorised code before 5.24 kept draw order).
+        scores, order = total.gather(1, idx).sort(dim=-1, descending=True, stable=True)
+        idx = idx.gather(1, order)
     else:
         scores, idx = total.topk(k, dim=-1)                                        # [N, K], sorted
     # Split the flat index back into (beam, token).

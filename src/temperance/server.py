@@ -173,7 +173,8 @@ def create_app(runtime: Any, config: ServerConfig = ServerConfig()):
     worker = Worker(runtime, config)
     app.state.worker = worker
     tok = runtime.tokenizer
-    texts = tok.token_texts()
+    texts = tok.token_texts()                   # labels: special tokens keep their names
+    out_texts = _output_texts(tok, runtime)      # generated text: special tokens are ""
     names = {config.model_name, *config.model_aliases}
 
     @app.exception_handler(APIError)
@@ -290,7 +291,7 @@ def create_app(runtime: Any, config: ServerConfig = ServerConfig()):
         return check_prompt_ids(ids)
 
     def logprob_entry(e, opts: GenOptions, chat: bool):
-        t = texts[e.token] if e.token < len(texts) else ""
+        t = out_texts[e.token] if e.token < len(out_texts) else ""
         tops = [(i, v) for i, v in (e.top or [])[:opts.top_logprobs] if v > float("-inf")]
         if chat:
             return {"token": t, "logprob": e.logprob, "bytes": list(t.encode("utf-8")),
@@ -442,12 +443,23 @@ def create_app(runtime: Any, config: ServerConfig = ServerConfig()):
         else:
             ids = encode_prompt(body)
         ids = check_prompt_ids(ids + append)
-        return await asyncio.to_thread(_inspect, runtime, worker.lock, texts, ids, params, top)
+        return await asyncio.to_thread(_inspect, runtime, worker.lock, texts, ids, params, top, out_texts)
 
     return app
 
 
-def _inspect(runtime: Any, lock: threading.Lock, texts: list[str], ids: list[int], params: Any, top: int) -> dict:
+def _output_texts(tok: Any, runtime: Any) -> list[str]:
+    """Per-token text as it appears in output: special tokens (EOS, `<|im_end|>`, ...) are ""."""
+    if hasattr(tok, "output_texts"):
+        return tok.output_texts()
+    eos = set(getattr(runtime, "eos_token_ids", ()) or ())
+    return [("" if i in eos else t) for i, t in enumerate(tok.token_texts())]
+
+
+def _inspect(runtime: Any, lock: threading.Lock, texts: list[str], ids: list[int], params: Any, top: int,
+             out_texts: list[str] | None = None) -> dict:
+    """The next-token table after each stage; candidates labelled by `texts` (names), the chosen
+    token's `text` from `out_texts` (what it adds to the output: "" for a special token)."""
     import math
 
     import torch
@@ -481,7 +493,8 @@ def _inspect(runtime: Any, lock: threading.Lock, texts: list[str], ids: list[int
                         "kept": int((p > 0).sum()), "other": float(1 - sum(float(p[i]) for i in order))}
                        for (n, _), p in zip(stages, probs)],
             "chain": [n for n, _ in stages[1:]],
-            "chosen": {"id": chosen, "text": label(chosen), "eos": chosen in runtime.eos_token_ids},
+            "chosen": {"id": chosen, "label": label(chosen), "eos": chosen in runtime.eos_token_ids,
+                       "text": (out_texts or texts)[chosen] if chosen < len(out_texts or texts) else ""},
             "prompt_tokens": len(ids)}
 
 

@@ -6,12 +6,12 @@ imports transformers: `runtime/hf.py` (and `models.py`, which loads weights) are
 that touch it, and this package imports `hf` lazily.
 
 Threads: on small CPU machines torch's default (one thread per core) oversubscribes the cores when
-anything else runs; `set_threads()` applies a sane default, `min(2, os.cpu_count())`.
+anything else runs; `set_threads()` applies the default of `temperance.threads`: the free CPUs
+(affinity minus the 1-minute load average), at least 1.
 """
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING, Protocol, Sequence
 
 import torch
@@ -57,12 +57,14 @@ class Tokenizer(Protocol):
 
 
 def default_threads() -> int:
-    """Return the default torch thread count: `min(2, os.cpu_count())`.
+    """Return the default torch thread count: the free CPUs now (`temperance.threads`).
 
     More threads than free cores make OpenMP threads spin against each other: on a loaded 2-core
-    machine, 2 threads decoded 3-7x slower than 1 (see reference/models-and-data.md).
+    machine, 2 threads decoded 3-7x slower than 1.
     """
-    return max(1, min(2, os.cpu_count() or 1))
+    from ..threads import default_threads as free_cpus
+
+    return free_cpus()
 
 
 def set_threads(n: int | None = None) -> int:

@@ -37,7 +37,7 @@ from typing import Any, Iterable, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["HFRuntime", "HFTokenizer", "eos_ids"]
+__all__ = ["HFRuntime", "HFTokenizer", "cache_argument", "eos_ids"]
 
 # End-of-turn / end-of-document tokens that chat models emit but do not always declare as eos.
 _END_TOKENS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<eos>")
@@ -68,6 +68,24 @@ def eos_ids(*sources: Any) -> frozenset[int]:
     return frozenset(ids)
 
 
+def cache_argument(forward_params: Any) -> str:
+    """The name under which this model's `forward` takes (and its output returns) the KV cache.
+
+    transformers >= 5.24 calls it `cache`; `past_key_values` (and Mamba's `cache_params`) still
+    work there but warn and are removed in 5.40. Older versions only know the old names. Detected
+    from the signature, so neither a deprecation warning nor a removed argument reaches a user.
+
+    >>> cache_argument({"input_ids": None, "cache": None, "use_cache": None})
+    'cache'
+    >>> cache_argument({"input_ids": None, "past_key_values": None})
+    'past_key_values'
+    """
+    for name in ("cache", "past_key_values", "cache_params"):
+        if name in forward_params:
+            return name
+    return "past_key_values"  # a forward(**kwargs) wrapper: the name every version still accepts
+
+
 class HFTokenizer:
     """Wrap a transformers tokenizer as the `Tokenizer` protocol (plain lists of ints in and out).
 
@@ -80,6 +98,9 @@ class HFTokenizer:
         self.tok = tokenizer
         self.eos_token_ids = eos_ids(tokenizer, generation_config)
         self.bos_token_id: int | None = tokenizer.bos_token_id
+        # Control tokens (<|im_end|>, <|im_start|>, ...): never text, whatever their names read.
+        self.special_ids: frozenset[int] = frozenset(
+            int(i) for i in (getattr(tokenizer, "all_special_ids", None) or ())) | self.eos_token_ids
         self._texts: list[str] | None = None
 
     def __len__(self) -> int:
@@ -110,12 +131,18 @@ class HFTokenizer:
         """Return each token's own decoded text, indexed by id (cached; ~0.1 s for 49k tokens).
 
         A byte-level token that is part of a multi-byte character decodes to U+FFFD. Used to match
-        text-level rules (DRY sequence breakers, stop strings) at the token level.
+        text-level rules (DRY sequence breakers, stop strings) at the token level, and as labels;
+        special tokens keep their names here (`output_texts` has them as "").
         """
         if self._texts is None:
             decode = self.tok.decode
             self._texts = [decode([i], skip_special_tokens=False) for i in range(len(self.tok))]
         return self._texts
+
+    def output_texts(self) -> list[str]:
+        """Each token's text as part of generated output: `token_texts()` with every special
+        token (`special_ids`: EOS, `<|im_start|>`, ...) as "" (they are control, not text)."""
+        return [("" if i in self.special_ids else t) for i, t in enumerate(self.token_texts())]
 
 
 class HFRuntime:
@@ -153,6 +180,7 @@ class HFRuntime:
         params = inspect.signature(model.forward).parameters
         self._takes_positions = "position_ids" in params
         self._takes_keep = "logits_to_keep" in params
+        self._cache_arg = cache_argument(params)
         self.last_hidden: Tensor | None = None  # [B, H] when keep_hidden
         self.reset()
 
@@ -261,7 +289,8 @@ class HFRuntime:
     # -- internals ---------------------------------------------------------------------------------
 
     def _forward(self, ids: Tensor, mask: Tensor, positions: Tensor, cache: Any) -> tuple[Tensor, Any]:
-        kwargs: dict[str, Any] = dict(input_ids=ids, attention_mask=mask, past_key_values=cache, use_cache=True)
+        kwargs: dict[str, Any] = dict(input_ids=ids, attention_mask=mask, use_cache=True)
+        kwargs[self._cache_arg] = cache
         if self._takes_positions:
             kwargs["position_ids"] = positions
         if self._takes_keep:
@@ -273,4 +302,4 @@ class HFRuntime:
             self.last_hidden = out.hidden_states[-1][:, -1, :].float()        # [B, H]
         # fp32 logits whatever the model dtype: the samplers do their arithmetic on them. Under
         # no_grad (not inference_mode) so the caller may modify them in place.
-        return out.logits[:, -1, :].float(), out.past_key_values              # [B, V]
+        return out.logits[:, -1, :].float(), getattr(out, self._cache_arg)    # [B, V]
