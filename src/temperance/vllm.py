@@ -42,8 +42,10 @@ What differs from temperance's own loop:
   Its ``mu`` restarts when vLLM preempts and re-admits a request, and under asynchronous
   scheduling it learns one step late (the newest token is not known yet when the next step runs).
 - what vLLM applies itself still applies: its ``logit_bias``, ``bad_words``, ``allowed_token_ids``,
-  ``min_tokens`` and structured output run before the chain (on the older runner, ``min_tokens``
-  and ``logit_bias`` may run after it: they only mask or shift named tokens).
+  ``min_tokens`` and structured output run before the chain.
+- speculative decoding: the older interface refuses custom processors with it; the newer one gives
+  a row per draft token, whose history includes the drafts before it (mirostat's ``mu`` is per
+  request, so under drafts it is approximate).
 - a failure the frontend cannot see (a ``logit_bias`` id past this model's vocabulary, every token
   banned) is logged and that request's rows are left as vLLM made them, because raising inside
   the engine would fail every request in the batch.
@@ -241,7 +243,7 @@ class _Core:
         batch = Batch(params, history=hist if ids else None, dry_breakers=[r.breakers for r in rq],
                       seed=torch.tensor([r.seed for r in rq], dtype=torch.int64),
                       step=torch.tensor([steps[i] for i in members], dtype=torch.int64), device=dev)
-        chain = self._chains.setdefault(order, Chain(list(order)))
+        chain = self._chains.get(order) or self._chains.setdefault(order, Chain(list(order)))
         if miro:
             chain.mu = torch.stack([r.mu for r in rq]).to(device=dev, dtype=torch.float32)
         index = torch.tensor([rows[i] for i in members], dtype=torch.int64, device=dev)
