@@ -14,14 +14,16 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from vllm import SamplingParams as VSP
-from vllm.v1.sample.logits_processor import BatchUpdate, MoveDirectionality
-from vllm.v1.worker.gpu.sample.logits_processor import LogitsContext, LogitsProcRequestState
 
-from temperance import Batch, SamplingParams
-from temperance.chain import Chain
-from temperance.ops.mirostat import mirostat_update
-from temperance.vllm import LogitsProcessor, params_of
+pytest.importorskip("vllm")
+from vllm import SamplingParams as VSP  # noqa: E402
+from vllm.v1.sample.logits_processor import BatchUpdate, MoveDirectionality  # noqa: E402
+from vllm.v1.worker.gpu.sample.logits_processor import LogitsContext, LogitsProcRequestState  # noqa: E402
+
+from temperance import Batch, SamplingParams  # noqa: E402
+from temperance.chain import Chain  # noqa: E402
+from temperance.ops.mirostat import mirostat_update  # noqa: E402
+from temperance.vllm import LogitsProcessor, params_of  # noqa: E402
 
 V = 12
 CFG = SimpleNamespace(model_config=None)  # the processor only reads it for DRY's tokenizer
