@@ -76,7 +76,7 @@ import torch
 from torch import Tensor
 
 from .batch import Batch
-from .chain import NEEDS_IDS, Chain
+from .chain import Chain
 from .errors import TemperanceError
 from .ops.mirostat import mirostat_update
 from .params import SamplingParams
@@ -234,13 +234,12 @@ class _Core:
     def _run_group(self, logits, order, members, rows, reqs, lengths, steps, history) -> None:
         rq = [reqs[i] for i in members]
         params = [r.params for r in rq]
-        ids = any(p.active(n) for p in params for n in NEEDS_IDS)
         miro = "mirostat" in order  # then every member runs mirostat (v1 or v2)
-        hist, known = history(members) if ids or (miro and any(r.pending for r in rq)) else (None, None)
-        if miro and hist is not None:
+        hist, known = history(members)  # (every stage may read it: penalties, DRY, n-grams, yours)
+        if miro:
             _learn(rq, hist, known)
         dev = logits.device
-        batch = Batch(params, history=hist if ids else None, dry_breakers=[r.breakers for r in rq],
+        batch = Batch(params, history=hist, dry_breakers=[r.breakers for r in rq],
                       seed=torch.tensor([r.seed for r in rq], dtype=torch.int64),
                       step=torch.tensor([steps[i] for i in members], dtype=torch.int64), device=dev)
         chain = self._chains.get(order) or self._chains.setdefault(order, Chain(list(order)))
