@@ -53,7 +53,8 @@ class Batch:
         self.dry_breakers = list(dry_breakers) if dry_breakers is not None else None
         self._active = {name: any(f(p) for p in self.params) for name, f in ACTIVE.items()}
         self._knobs: dict[str, Tensor] = {}
-        self._bias: tuple[Tensor, Tensor] | None = None
+        self._bias: tuple[int, Tensor, Tensor] | None = None  # (vocab size, ids, values), packed once
+        self._bans = [float("-inf") in p.logit_bias.values() for p in self.params]  # per row
         if self._active["dry"] and self.dry_breakers is None:
             if any(p.dry_sequence_breakers for p in self.params if p.active("dry")):
                 raise TemperanceError(
@@ -80,10 +81,17 @@ class Batch:
                                              dtype=dtype, device=self.device)
         return self._knobs[name]
 
+    @property
+    def bias_bans(self) -> bool:
+        """Does any row's logit_bias ban a token (-inf)? (host-side)"""
+        return any(self._bans)
+
     def logit_bias(self, vocab_size: int) -> tuple[Tensor, Tensor]:
-        if self._bias is None:
-            self._bias = pack_bias([p.logit_bias for p in self.params], vocab_size, self.device)
-        return self._bias
+        """Every row's bias as ``ids [B, M]``, ``values [B, M]``, packed once per batch (``select``
+        and ``append`` carry the packed tensors along, indexed by row)."""
+        if self._bias is None or self._bias[0] != vocab_size:
+            self._bias = (vocab_size, *pack_bias([p.logit_bias for p in self.params], vocab_size, self.device))
+        return self._bias[1], self._bias[2]
 
     def select(self, index: Tensor | Sequence[int]) -> Batch:
         """The rows ``index`` (shrink, reorder or repeat), as a new Batch."""
@@ -96,7 +104,8 @@ class Batch:
         new.dry_breakers = [self.dry_breakers[i] for i in rows] if self.dry_breakers is not None else None
         new._active = {name: any(f(p) for p in new.params) for name, f in ACTIVE.items()}
         new._knobs = {k: v[index] for k, v in self._knobs.items()}
-        new._bias = None
+        new._bias = None if self._bias is None else (self._bias[0], self._bias[1][index], self._bias[2][index])
+        new._bans = [self._bans[i] for i in rows]
         return new
 
     def append(self, tokens: Tensor) -> Batch:

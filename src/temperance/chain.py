@@ -58,6 +58,7 @@ from .ops._topk import chunked_topk
 from .ops.logit_bias import _logit_bias_
 from .ops.mirostat import _mirostat_, mirostat_update
 from .ops.penalties import _penalties_, window
+from .ops.temperature import is_greedy
 from .ops.top_k import _top_k_
 from .params import STAGE, SamplingParams, parse_samplers
 from .pick import Picked, check_rows, pick
@@ -139,7 +140,7 @@ class Chain:
                top_n: int = 0) -> Picked:
         """candidates → pick → accept: one token per row."""
         c = self.candidates(logits, batch)
-        picked = pick(c, seed=batch.seed, step=batch.step, greedy=batch.knob("temperature") == 0,
+        picked = pick(c, seed=batch.seed, step=batch.step, greedy=is_greedy(batch.knob("temperature")),
                       raw_logits=logits if raw_logprobs else None, top_n=top_n)
         self.accept(picked, batch)
         return picked
@@ -223,7 +224,7 @@ class Chain:
         again = (rid.unsqueeze(-1) == uniq.unsqueeze(1)).any(-1)  # raw copies of edited tokens
         ids = torch.cat([torch.where(again, V, rid), uniq], dim=1)
         vals = torch.cat([rv.float().masked_fill(again, float("-inf")), edited], dim=1)
-        if "logit_bias" in pre and any(v == float("-inf") for p in batch.params for v in p.logit_bias.values()):
+        if "logit_bias" in pre and batch.bias_bans:
             check_not_empty(vals, "logit_bias banned every token")
         ids, order = ids.sort(-1)  # token-id order, so ties break by lower id
         vals = _top_k_(vals.gather(1, order), k)
@@ -249,6 +250,8 @@ class Chain:
         """Where the chain may switch to compacted survivors: the first truncation stage with a
         ``compact`` that every row uses, when nothing after it needs the dense row."""
         for i, stage in enumerate(stages):
+            if stage.name == "temperature" and not bool(is_greedy(batch.knob("temperature")).all()):
+                continue  # temperature compacts only when every row is greedy (a point mass)
             if stage.compact is not None and batch.all_active(stage.name):
                 if any(s.reads_ids or s.row_length for s in stages[i + 1:]):
                     return None

@@ -39,6 +39,7 @@ from .errors import TemperanceError
 from .ops import FIELDS, KNOBS, STAGES
 from .ops.dry import DEFAULT_BREAKERS as DEFAULT_DRY_BREAKERS
 from .ops.mirostat import BEFORE as MIROSTAT_BEFORE
+from .ops.temperature import is_greedy
 from .stage import Knob, Stage
 
 # ----------------------------------------------------------------------------------------------
@@ -156,7 +157,8 @@ class _Params:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0
+        """Temperature 0, or below the greedy floor 1e-5 (`temperance.ops.temperature`)."""
+        return is_greedy(self.temperature)
 
     # -- JSON round trip ------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from . import noise
 from .candidates import Candidates
-from .errors import TemperanceError
+from .ops._common import check_rows  # (it lives with the ops; chain imports it from here)
 
 
 @dataclass(frozen=True)
@@ -35,21 +35,6 @@ class Picked:
     raw_logprob: Tensor | None = None   # [B] log p(token) under the raw logits
     top_ids: Tensor | None = None       # [B, n] the n most likely tokens after processing
     top_logprobs: Tensor | None = None  # [B, n]
-
-
-def check_rows(x: Tensor, where: str = "logits") -> None:
-    """Raise if a row holds NaN or +inf, or no finite entry at all (naming the row)."""
-    m = x.amax(-1)
-    if bool(torch.isfinite(m).all()):  # amax propagates NaN, so one pass checks all three
-        return
-    for i in range(x.shape[0]):
-        row = x[i]
-        if bool(torch.isnan(row).any()):
-            raise TemperanceError(f"row {i} of {where} contains NaN")
-        if bool((row == float("inf")).any()):
-            raise TemperanceError(f"row {i} of {where} contains +inf")
-        if not bool(torch.isfinite(row).any()):
-            raise TemperanceError(f"row {i} of {where} has no finite logit (every token is masked)")
 
 
 def pick(x: Tensor | Candidates, *, seed: Tensor, step: Tensor, greedy: Tensor | bool = False,

@@ -17,9 +17,36 @@ NEG_INF = float("-inf")
 
 
 def check_logits(logits: Tensor) -> None:
+    """A floating-point ``[B, V]`` tensor whose rows are legal (see `check_rows`)."""
     if not isinstance(logits, Tensor) or logits.dim() != 2 or not logits.is_floating_point():
         shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
         raise TemperanceError(f"logits must be a floating-point [B, V] tensor, got {shape}")
+    if logits.shape[1] == 0:
+        raise TemperanceError("logits must have at least one column (V >= 1)")
+    check_rows(logits)
+
+
+def check_rows(x: Tensor, where: str = "logits") -> None:
+    """Raise if a row holds NaN or +inf, or no finite entry at all (naming the row)."""
+    m = x.amax(-1)
+    if bool(torch.isfinite(m).all()):  # amax propagates NaN, so one pass checks all three
+        return
+    for i in range(x.shape[0]):
+        row = x[i]
+        if bool(torch.isnan(row).any()):
+            raise TemperanceError(f"row {i} of {where} contains NaN")
+        if bool((row == float("inf")).any()):
+            raise TemperanceError(f"row {i} of {where} contains +inf")
+        if not bool(torch.isfinite(row).any()):
+            raise TemperanceError(f"row {i} of {where} has no finite logit (every token is masked)")
+
+
+def fit(y: Tensor, dtype: torch.dtype) -> Tensor:
+    """``y`` (computed in a wider dtype) as ``dtype``, saturating: a finite value beyond ``dtype``'s
+    range becomes its largest finite value (a shaped logit stays a logit, it is not masked);
+    ``-inf`` stays ``-inf``."""
+    fmax = torch.finfo(dtype).max
+    return torch.where(y == NEG_INF, y, y.clamp(-fmax, fmax)).to(dtype)
 
 
 def knob(name: str, value, logits: Tensor) -> float | Tensor:

@@ -10,8 +10,22 @@ Knobs: ``dry_multiplier`` (neutral 0 = off; 0.8 is the usual value), ``dry_base`
 ``dry_allowed_length`` (2), ``dry_penalty_last_n`` (-1 = whole context, 0 = off) and the sequence
 breakers: a match never crosses the most recent breaker occurrence, and a token that is itself a
 single-token breaker is never penalised. Here breakers are token-id sequences (one list per row or
-one for all); `expand_sequence_breakers` turns strings (``"\\n"``, ``":"``, ``'"'``, ``"*"``) into
-every token sequence that can spell them, through a tokenizer.
+one for all); `expand_sequence_breakers` turns strings (``"\\n"``, ``":"``, ``'"'``, ``"*"``; at most
+64 of at most 40 characters) into every token sequence that can spell them, through a tokenizer.
+
+``dry_allowed_length = 0`` (llama.cpp and vLLM accept it): any repeat is penalised. Every token
+that follows some position of the window gets at least ``dry_multiplier · base^0``, more where a
+longer suffix matches. Hand table (multiplier 1, base 1.1, no breakers, zero logits, V = 4):
+
+=================  =======  ===============================
+history            allowed  logits after DRY
+=================  =======  ===============================
+0 1 2 0 1          2        [0, 0, -1, 0]   (``0 1`` → 2)
+0 1 2 0 1          1        [0, 0, -1.1, 0]
+0 1 2 0 1          0        [-1, -1, -1.21, 0]
+=================  =======  ===============================
+
+The penalty is computed in float64 and saturates at the dtype's most negative finite value.
 
 >>> import torch
 >>> x = torch.zeros(1, 4)
@@ -21,7 +35,10 @@ tensor([[ 0.,  0., -1.,  0.]])
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import math
+import re
 from typing import Any, Callable, Sequence
 
 import torch
@@ -29,57 +46,117 @@ from torch import Tensor
 
 from ..errors import TemperanceError
 from ..stage import Knob, Stage
-from ._common import as_history, check_history, check_logits, col, is_neutral, knob
+from ._common import as_history, check_history, check_logits, col, fit, is_neutral, knob
 
 Breakers = Sequence[Sequence[int]]  # token-id sequences; a one-token sequence is a plain breaker
 FLOAT_MAX_LOG = 88.7228391
 
 
+MAX_BREAKERS = 64   # breaker strings per request
+MAX_CHARS = 40      # characters per breaker string (llama.cpp's cap)
+MAX_TAIL = 20       # tokens after the head token (llama.cpp's cap)
+_SEP = "\x00"
+_CACHE: dict[tuple, tuple[Sequence[str], list[tuple[int, ...]]]] = {}  # most recent last
+_CACHE_SIZE = 32
+
+
+def check_breakers(breakers: Any, name: str = "dry_sequence_breakers") -> tuple[str, ...]:
+    """Breaker strings as a tuple; at most MAX_BREAKERS non-empty strings of at most MAX_CHARS."""
+    if isinstance(breakers, str) or not isinstance(breakers, (list, tuple)) or not all(
+            isinstance(b, str) and b for b in breakers):
+        raise TemperanceError(f"{name} must be a list of non-empty strings, got {breakers!r}")
+    if len(breakers) > MAX_BREAKERS:
+        raise TemperanceError(f"{name} must hold at most {MAX_BREAKERS} strings, got {len(breakers)}")
+    for b in breakers:
+        if len(b) > MAX_CHARS:
+            raise TemperanceError(f"{name} strings must be at most {MAX_CHARS} characters, got "
+                                  f"{len(b)} ({b[:20]!r}...)")
+    return tuple(breakers)
+
+
 def expand_sequence_breakers(breakers: Sequence[str], token_texts: Sequence[str],
-                             encode: Callable[[str], list[int]], max_chars: int = 40,
-                             max_tail: int = 20) -> list[tuple[int, ...]]:
+                             encode: Callable[[str], list[int]]) -> list[tuple[int, ...]]:
     """Every token sequence that can spell each breaker string (llama.cpp's rule).
 
     A token whose text contains the breaker is a one-token breaker. A token whose text ends with a
     proper prefix of the breaker starts a breaker: the rest of the string, tokenised (at most
-    ``max_tail`` tokens), must follow it. ``token_texts[i]`` is token i decoded on its own.
+    ``MAX_TAIL`` tokens), must follow it. ``token_texts[i]`` is token i decoded on its own; ``encode``
+    is the same tokenizer's text → ids. Breakers are bounded (`check_breakers`).
+
+    The vocabulary is searched as one joined string (C-speed substring search), the tails are
+    encoded once per distinct remainder, so the cost is linear in vocabulary × breakers; results are
+    cached per (vocabulary list, breaker list).
 
     >>> expand_sequence_breakers(["ab"], ["a", "b", "xab", "xa"], lambda s: [1] if s == "b" else [])
     [(0, 1), (2,), (3, 1)]
     """
-    seqs: list[tuple[int, ...]] = []
+    breakers = check_breakers(breakers)
+    key = (id(token_texts), len(token_texts), breakers)
+    hit = _CACHE.pop(key, None)
+    if hit is not None and hit[0] is token_texts:  # the same live list (no id reuse)
+        _CACHE[key] = hit
+        return list(hit[1])
+    seqs = _expand(breakers, token_texts, encode)
+    _CACHE[key] = (token_texts, seqs)
+    while len(_CACHE) > _CACHE_SIZE:
+        _CACHE.pop(next(iter(_CACHE)))
+    return list(seqs)
+
+
+def _expand(breakers: tuple[str, ...], texts: Sequence[str], encode) -> list[tuple[int, ...]]:
+    joined = "".join(t + _SEP for t in texts)
+    starts = list(itertools.accumulate((len(t) + 1 for t in texts), initial=0))
+    odd = [i for i, t in enumerate(texts) if _SEP in t]  # searched one by one
+    out: dict[tuple[int, ...], None] = {}
     for s in breakers:
-        s = s[:max_chars]
-        if not s:
-            continue
-        for tok, word in enumerate(token_texts):
+        tails: dict[int, tuple[int, ...]] = {}
+
+        def tail(k: int) -> tuple[int, ...]:  # the tokens spelling s[k:], encoded once per k
+            if k not in tails:
+                ids = encode(s[k:])
+                if not all(isinstance(t, int) and 0 <= t for t in ids):
+                    raise TemperanceError(f"encode({s[k:]!r}) must return token ids, got {ids!r}")
+                tails[k] = tuple(ids[:MAX_TAIL])
+            return tails[k]
+
+        found: list[tuple[int, int]] = []  # (token, -k): the token's text ends with s[:k]
+        contains: set[int] = set()
+        if _SEP in s:
+            words = enumerate(texts)
+        else:
+            words = ((i, texts[i]) for i in odd)
+            for m in re.finditer(re.escape(s), joined):
+                contains.add(bisect.bisect_right(starts, m.start()) - 1)
+            for k in range(1, len(s)):
+                for m in re.finditer(re.escape(s[:k] + _SEP), joined):
+                    found.append((bisect.bisect_right(starts, m.start()) - 1, -k))
+        for i, word in words:
             if s in word:
-                seqs.append((tok,))
-                continue
-            start = word.find(s[0])
-            while start != -1:
-                tail = word[start:]
-                if s.startswith(tail):  # the word ends with a proper prefix of s
-                    seq = (tok, *encode(s[len(tail):])[:max_tail])
-                    if seq not in seqs:
-                        seqs.append(seq)
-                start = word.find(s[0], start + 1)
-    return seqs
+                contains.add(i)
+            else:
+                found += [(i, -k) for k in range(1, len(s)) if word.endswith(s[:k])]
+        found = [(i, nk) for i, nk in found if i not in contains] + [(i, 1) for i in contains]
+        for i, nk in sorted(found):  # token order; per token the longest prefix first
+            out[(i,) if nk == 1 else (i, *tail(-nk))] = None
+    return list(out)
 
 
 def _rep_limit(h: Tensor, start: Tensor, breakers: list[Breakers]) -> Tensor:
     """Tokens after the most recent breaker occurrence in each row's window ``[B]``."""
     B, L = h.shape
     limit = (L - start.view(-1)).clone()
+    compiled: dict[int, tuple[dict, Tensor]] = {}  # per distinct breaker list (rows share them)
     for b in range(B):
         if not breakers[b]:
             continue
+        if id(breakers[b]) not in compiled:
+            heads: dict[int, list[tuple[int, ...]]] = {}
+            for seq in breakers[b]:
+                heads.setdefault(seq[0], []).append(tuple(seq[1:]))
+            compiled[id(breakers[b])] = heads, torch.tensor(list(heads), dtype=h.dtype, device=h.device)
+        heads, head_ids = compiled[id(breakers[b])]
         row, s0 = h[b], int(start[b])
-        heads: dict[int, list[tuple[int, ...]]] = {}
-        for seq in breakers[b]:
-            heads.setdefault(seq[0], []).append(tuple(seq[1:]))
-        is_head = torch.isin(row, torch.tensor(list(heads), dtype=row.dtype, device=row.device))
-        for p in reversed(is_head.nonzero().view(-1).tolist()):  # most recent head first
+        for p in reversed(torch.isin(row, head_ids).nonzero().view(-1).tolist()):  # most recent first
             if p < s0:
                 break
             i = L - 1 - p  # tokens after the head
@@ -91,6 +168,21 @@ def _rep_limit(h: Tensor, start: Tensor, breakers: list[Breakers]) -> Tensor:
     return limit
 
 
+def _exempt(r: Tensor, tok: Tensor, breakers: list[Breakers]) -> Tensor:
+    """Is ``tok`` (a token of row ``r``) a single-token breaker of its row? (never penalised)"""
+    exempt = torch.zeros_like(tok, dtype=torch.bool)
+    groups: dict[int, list[int]] = {}
+    for b in set(r.tolist()):
+        if breakers[b]:
+            groups.setdefault(id(breakers[b]), []).append(b)
+    for rows in groups.values():
+        singles = [s[0] for s in breakers[rows[0]] if len(s) == 1]
+        if singles:
+            mine = torch.isin(r, torch.tensor(rows, device=r.device))
+            exempt |= mine & torch.isin(tok, torch.tensor(singles, dtype=tok.dtype, device=tok.device))
+    return exempt
+
+
 def _dry_(x: Tensor, history: Tensor, dry_multiplier, dry_base, dry_allowed_length,
           dry_penalty_last_n, breakers: list[Breakers]) -> Tensor:
     B, L = history.shape
@@ -98,7 +190,7 @@ def _dry_(x: Tensor, history: Tensor, dry_multiplier, dry_base, dry_allowed_leng
         return x
     dev = x.device
     n = col(dry_penalty_last_n, history, torch.int64).view(-1)
-    mult = col(dry_multiplier, x).view(-1)
+    mult = col(dry_multiplier, x, torch.float64).view(-1)
     allowed = col(dry_allowed_length, history, torch.int64).view(-1)
     filled = (history >= 0).sum(-1)
     n = torch.where(n < 0, filled, torch.minimum(n, filled))  # window length per row
@@ -120,28 +212,26 @@ def _dry_(x: Tensor, history: Tensor, dry_multiplier, dry_base, dry_allowed_leng
         if not bool(alive.any()):
             break
         count += alive
-    hit = count >= allowed.view(-1, 1)
+    # (allowed = 0: every position of the window counts, even one with no match)
+    hit = (count >= allowed.view(-1, 1)) & on.view(-1, 1) & (pos >= start.view(-1, 1))
     r, j = hit.nonzero(as_tuple=True)
     if r.numel() == 0:
         return x
     tok = history[r, j + 1]
     length = count[r, j]
-    singles = [{s[0] for s in br if len(s) == 1} for br in breakers]
-    exempt = torch.tensor([int(t) in singles[int(b)] for b, t in zip(r.tolist(), tok.tolist())],
-                          dtype=torch.bool, device=dev)
-    r, tok, length = r[~exempt], tok[~exempt], length[~exempt]
+    keep = ~_exempt(r, tok, breakers)
+    r, tok, length = r[keep], tok[keep], length[keep]
     key = r * x.shape[1] + tok
     uniq, inv = torch.unique(key, return_inverse=True)
     best = torch.zeros(uniq.shape, dtype=torch.int64, device=dev).scatter_reduce_(
         0, inv, length, reduce="amax", include_self=False)
     rows, toks = uniq // x.shape[1], uniq % x.shape[1]
-    base = col(dry_base, x).view(-1)[rows].double()
+    base = col(dry_base, x, torch.float64).view(-1)[rows]
     exp = (best - allowed[rows]).double()
     max_exp = torch.where(base > 1.000001, torch.floor(FLOAT_MAX_LOG / base.log()), math.inf)
-    pen = mult[rows].double() * base.pow(torch.minimum(exp, max_exp))
-    old = x[rows, toks]
-    fmax = torch.finfo(x.dtype).max  # a penalty, not a mask: the logit stays finite
-    x[rows, toks] = torch.where(torch.isfinite(old), (old.double() - pen).clamp(min=-fmax).to(x.dtype), old)
+    pen = mult[rows] * base.pow(torch.minimum(exp, max_exp))
+    old = x[rows, toks]  # a penalty, not a mask: the logit saturates, it stays finite
+    x[rows, toks] = torch.where(torch.isfinite(old), fit(old.double() - pen, x.dtype), old)
     return x
 
 
@@ -162,37 +252,35 @@ def dry(logits: Tensor, *, history, dry_multiplier=0.0, dry_base=1.75, dry_allow
 
 def per_row_breakers(value, B: int) -> list[Breakers]:
     """Normalise breakers given for all rows (a list of sequences) or per row (a list of lists)."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+        raise TemperanceError(f"dry_sequence_breakers must be a list of token-id sequences, got {value!r}")
     value = list(value)
     if (len(value) == B and any(value) and all(
             isinstance(v, (list, tuple)) and all(isinstance(s, (list, tuple)) for s in v) for v in value)):
         rows = value
     else:
         rows = [value] * B
-    out = []
+    done: dict[int, list[tuple[int, ...]]] = {}  # one list per distinct input row, shared
     for row in rows:
-        seqs = []
-        for s in row:
-            if isinstance(s, str):
-                raise TemperanceError("dry_sequence_breakers for ops.dry are token-id sequences; "
-                                      "expand strings with expand_sequence_breakers(...) first")
-            seq = (int(s),) if isinstance(s, int) else tuple(int(t) for t in s)
-            if not seq:
-                raise TemperanceError("dry_sequence_breakers must not contain an empty sequence")
-            seqs.append(seq)
-        out.append(seqs)
-    return out
+        if id(row) not in done:
+            done[id(row)] = [_sequence(s) for s in row]
+    return [done[id(row)] for row in rows]
+
+
+def _sequence(s) -> tuple[int, ...]:
+    if isinstance(s, str):
+        raise TemperanceError("dry_sequence_breakers for ops.dry are token-id sequences; "
+                          "expand strings with expand_sequence_breakers(...) first")
+    seq = (s,) if isinstance(s, int) else tuple(s) if isinstance(s, (list, tuple)) else None
+    if seq is None or not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in seq):
+        raise TemperanceError(f"dry_sequence_breakers must hold token ids (integers >= 0) or "
+                              f"sequences of them, got {s!r}")
+    if not seq:
+        raise TemperanceError("dry_sequence_breakers must not contain an empty sequence")
+    return seq
 
 
 DEFAULT_BREAKERS = ("\n", ":", '"', "*")
-
-
-def check_breakers(breakers: Any) -> tuple[str, ...]:
-    """Sequence breakers as given by a user: a list of non-empty strings."""
-    if isinstance(breakers, str) or not isinstance(breakers, (list, tuple)) or not all(
-            isinstance(b, str) and b for b in breakers):
-        raise TemperanceError(
-            f"dry_sequence_breakers must be a list of non-empty strings, got {breakers!r}")
-    return tuple(breakers)
 
 
 def _breakers_from_json(v: Any) -> tuple[str, ...]:
@@ -220,7 +308,8 @@ STAGE = Stage(
              "repeats longer than this are penalised", flag="--dry-allowed-length", integer=True),
         Knob("dry_penalty_last_n", -1, lambda x: x >= -1, "integers >= -1 (-1 = whole context, 0 = off)",
              "how many recent tokens DRY looks at", flag="--dry-penalty-last-n", integer=True),
-        Knob("dry_sequence_breakers", DEFAULT_BREAKERS, None, "a list of non-empty strings",
+        Knob("dry_sequence_breakers", DEFAULT_BREAKERS, None,
+             f"a list of at most {MAX_BREAKERS} non-empty strings of at most {MAX_CHARS} characters",
              "strings a repeat never crosses (repeatable flag; replaces the defaults)",
              flag="--dry-sequence-breaker", check_value=check_breakers, from_json=_breakers_from_json,
              parse_flag=list),

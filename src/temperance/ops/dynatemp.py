@@ -7,8 +7,10 @@ gets a low temperature, an uncertain one a high temperature::
     T_min = max(0, T − dynatemp_range),  T_max = T + dynatemp_range
 
 with H the entropy (nats) over the N finite candidates. ``dynatemp_range`` 0 (neutral) is plain
-temperature. A row with one candidate is left alone; a row whose T_dyn is 0 keeps only its top token.
-Greedy rows (T == 0) are left alone. (kalomaze, llama.cpp PR #4972.)
+temperature. A row with one candidate is left alone. A row whose T_dyn falls below the greedy floor
+(1e-5, see `temperance.ops.temperature`) is greedy: a point mass on its first maximum. Greedy rows
+(T < 1e-5) stay greedy whatever the range: dynatemp never raises their temperature. T_dyn is
+computed in float64 and applied without overflow. (kalomaze, llama.cpp PR #4972.)
 
 >>> import torch
 >>> x = torch.tensor([[2.0, 1.0, 0.0, -1.0]])
@@ -25,26 +27,22 @@ import torch
 from torch import Tensor
 
 from ..stage import Knob, Stage
-from ._common import NEG_INF, check_logits, col, knob
-from .temperature import MIN_T, _temperature_
+from ._common import check_logits, col, knob
+from .temperature import _temperature_, is_greedy
 
 
 def _dynatemp_(x: Tensor, temperature, dynatemp_range, dynatemp_exponent) -> Tensor:
-    T, R, E = col(temperature, x), col(dynatemp_range, x), col(dynatemp_exponent, x)
-    logp = torch.log_softmax(x, dim=-1)
+    f64 = torch.float64
+    T, R, E = col(temperature, x, f64), col(dynatemp_range, x, f64), col(dynatemp_exponent, x, f64)
+    logp = torch.log_softmax(x, dim=-1, dtype=torch.float32)
     p = logp.exp()
-    H = -torch.where(p > 0, p * logp, 0.0).sum(-1, keepdim=True)
+    H = -torch.where(p > 0, p * logp, 0.0).sum(-1, keepdim=True).double()
     n = torch.isfinite(x).sum(-1, keepdim=True)
-    h_max = torch.log(n.clamp(min=2).to(x.dtype))
+    h_max = torch.log(n.clamp(min=2).to(f64))
     lo, hi = (T - R).clamp(min=0), T + R
     t_dyn = lo + (hi - lo) * (H / h_max).clamp(0, 1).pow(E)
-    t_dyn = torch.where((R > 0) & (n > 1) & (T > 0), t_dyn, T)  # greedy rows (T == 0) untouched
-    frozen = (t_dyn < MIN_T) & (T > 0)  # T_dyn ~ 0 (no entropy at T_min = 0): keep only the top token
-    if bool(frozen.any()):
-        top = x.argmax(-1, keepdim=True)
-        others = torch.ones_like(x, dtype=torch.bool).scatter_(1, top, False)
-        x.masked_fill_(others & frozen, NEG_INF)
-    return _temperature_(x, torch.where(frozen, 1.0, t_dyn).view(-1))
+    t_dyn = torch.where((R > 0) & (n > 1) & ~is_greedy(T), t_dyn, T)  # greedy rows stay greedy
+    return _temperature_(x, t_dyn.view(-1))  # T_dyn below the floor: a point mass
 
 
 def dynatemp(logits: Tensor, *, temperature=1.0, dynatemp_range=0.0, dynatemp_exponent=1.0) -> Tensor:

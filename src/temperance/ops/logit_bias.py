@@ -1,7 +1,12 @@
 """Logit bias: add a per-token constant; ``-inf`` bans the token.
 
 ``logit_bias`` (neutral ``{}``) maps token id → bias, one mapping for every row or a list of
-mappings (one per row). As OpenAI's ``logit_bias``; a positive bias can raise a logit.
+mappings (one per row). As OpenAI's ``logit_bias``; a positive bias can raise a logit. The sum is
+taken in float64 and saturates at the dtype's largest finite value (a bias never makes +inf); a
+masked token stays masked whatever its bias.
+
+The mappings are packed once (`pack`: ids and values as ``[B, M]`` tensors, one Python pass per
+*distinct* mapping); a batch keeps the packed tensors and indexes them when its rows change.
 
 >>> import torch
 >>> logit_bias(torch.zeros(1, 4), logit_bias={1: 2.5, 3: float("-inf")})
@@ -18,28 +23,40 @@ from torch import Tensor
 
 from ..errors import TemperanceError
 from ..stage import Knob, Stage
-from ._common import check_logits, check_not_empty
+from ._common import check_logits, check_not_empty, fit
 
 
 def pack(biases: Sequence[Mapping[int, float]], vocab_size: int, device=None) -> tuple[Tensor, Tensor]:
-    """Per-row bias mappings → ``ids [B, M]``, ``values [B, M]`` (padding: id 0, value 0)."""
+    """Per-row bias mappings → ``ids [B, M]``, ``values [B, M]`` (float64).
+
+    A row with fewer than M entries repeats its first entry (the same write twice); a row with none
+    is padded with token 0 and bias 0 (a no-op).
+    """
     M = max((len(b) for b in biases), default=0)
-    ids = torch.zeros(len(biases), M, dtype=torch.int64)
-    vals = torch.zeros(len(biases), M, dtype=torch.float32)
-    for i, b in enumerate(biases):
-        for j, (tok, v) in enumerate(b.items()):
-            if tok >= vocab_size:
-                raise TemperanceError(
-                    f"logit_bias token id {tok} is out of range for a vocabulary of {vocab_size}")
-            ids[i, j], vals[i, j] = tok, v
-    return ids.to(device), vals.to(device)
+    packed: dict[int, tuple[Tensor, Tensor]] = {}  # id(mapping) -> its row, so n copies pack once
+    rows = []
+    for b in biases:
+        if id(b) not in packed:
+            ids = torch.tensor(list(b.keys()) or [0], dtype=torch.int64)
+            vals = torch.tensor(list(b.values()) or [0.0], dtype=torch.float64)
+            if b and int(ids.max()) >= vocab_size:
+                raise TemperanceError(f"logit_bias token id {int(ids.max())} is out of range for a "
+                                      f"vocabulary of {vocab_size}")
+            pad = M - ids.numel()
+            packed[id(b)] = (torch.cat([ids, ids[:1].expand(pad)]), torch.cat([vals, vals[:1].expand(pad)]))
+        rows.append(packed[id(b)])
+    if not rows or M == 0:
+        B = len(biases)
+        return (torch.zeros(B, 0, dtype=torch.int64, device=device),
+                torch.zeros(B, 0, dtype=torch.float64, device=device))
+    return torch.stack([r[0] for r in rows]).to(device), torch.stack([r[1] for r in rows]).to(device)
 
 
 def _logit_bias_(x: Tensor, ids: Tensor, values: Tensor) -> Tensor:
     if ids.numel():
-        # accumulate=True: padding entries (id 0, +0.0) may repeat a real id and must add, not overwrite
-        rows = torch.arange(x.shape[0], device=x.device).view(-1, 1).expand_as(ids)
-        x.index_put_((rows, ids), values.to(x.dtype), accumulate=True)
+        old = x.gather(1, ids)
+        new = torch.where(torch.isfinite(old), fit(old.double() + values.to(old.device), x.dtype), old)
+        x.scatter_(1, ids, new)  # repeated ids (padding) write the same value
     return x
 
 
@@ -47,10 +64,21 @@ def logit_bias(logits: Tensor, *, logit_bias) -> Tensor:
     """Add ``logit_bias`` (a mapping, or one mapping per row) to the logits."""
     check_logits(logits)
     B, V = logits.shape
-    biases = [logit_bias] * B if isinstance(logit_bias, Mapping) else list(logit_bias)
+    if isinstance(logit_bias, Mapping):
+        biases = [logit_bias] * B
+    elif isinstance(logit_bias, (list, tuple)):
+        biases = list(logit_bias)
+    else:
+        raise TemperanceError(f"logit_bias must be a mapping token id -> bias, or a list of {B} "
+                              f"(one per row), got {logit_bias!r}")
     if len(biases) != B:
         raise TemperanceError(f"logit_bias must be one mapping or {B} (one per row), got {len(biases)}")
-    ids, vals = pack([check_bias(b) for b in biases], V, logits.device)
+    checked: dict[int, dict] = {}
+    for b in biases:
+        if id(b) not in checked:
+            checked[id(b)] = check_bias(b)
+    biases = [checked[id(b)] for b in biases]
+    ids, vals = pack(biases, V, logits.device)
     return _logit_bias_(logits.clone(), ids, vals)
 
 
@@ -106,7 +134,7 @@ def parse_flags(items: list[str]) -> dict[int, float]:
 
 def _stage_(x: Tensor, batch) -> Tensor:
     x = _logit_bias_(x, *batch.logit_bias(x.shape[1]))
-    if any(v == float("-inf") for p in batch.params for v in p.logit_bias.values()):
+    if batch.bias_bans:
         check_not_empty(x, "logit_bias banned every token")
     return x
 

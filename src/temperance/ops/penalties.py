@@ -9,6 +9,8 @@ llama.cpp; -1 = the whole context, 0 = off). Then, for every token seen:
   ``l −= count·α_f + [count > 0]·α_p``, after the repetition penalty.
 
 Only the B·L history entries are touched (a gather and a scatter), never the whole vocabulary.
+The new values are computed in float64; a penalised logit that leaves the dtype's range saturates
+at its largest finite value (a penalty never masks, and never makes +inf).
 
 >>> import torch
 >>> x = torch.tensor([[2.0, -1.0, 1.0, 0.5]])
@@ -19,12 +21,11 @@ tensor([[ 0.5000, -2.5000,  1.0000,  0.5000]])
 from __future__ import annotations
 
 import math
-
 import torch
 from torch import Tensor
 
 from ..stage import Knob, Stage
-from ._common import as_history, check_history, check_logits, col, is_neutral, knob
+from ._common import as_history, check_history, check_logits, col, fit, is_neutral, knob
 
 
 def window(history: Tensor, last_n) -> Tensor:
@@ -51,15 +52,16 @@ def _penalties_(x: Tensor, history: Tensor, repetition_penalty, frequency_penalt
     valid = h >= 0
     if not bool(valid.any()):
         return x
-    counts = token_counts(h).to(x.dtype)
+    f64 = torch.float64
+    counts = token_counts(h).to(f64)
     tok = h.clamp(min=0)
     old = x.gather(1, tok)
-    theta = col(repetition_penalty, x)
-    new = torch.where(old > 0, old / theta, old * theta)
-    new = new - counts * col(frequency_penalty, x) - col(presence_penalty, x)
+    theta = col(repetition_penalty, x, f64)
+    o = old.double()
+    new = torch.where(o > 0, o / theta, o * theta)
+    new = new - counts * col(frequency_penalty, x, f64) - col(presence_penalty, x, f64)
     off = col(penalty_last_n, x, torch.int64) == 0
-    fmax = torch.finfo(x.dtype).max
-    new = torch.where(off | ~torch.isfinite(old), old, new.clamp(-fmax, fmax))  # stays finite
+    new = torch.where(off | ~torch.isfinite(old), old, fit(new, x.dtype))  # stays finite
     rows = torch.arange(x.shape[0], device=x.device).view(-1, 1).expand_as(tok)
     # Duplicates of a token in a row write the same value, so the scatter order does not matter.
     x[rows[valid], tok[valid]] = new[valid]

@@ -6,7 +6,9 @@ c = ``smoothing_curve`` in [1, 3] (1 = pure quadratic)::
     l' = l_max − k·f·Δ² + s·f·Δ³,   k = (3 − c)/2,  s = (c − 1)/2
 
 The top token is unchanged; gaps smaller than 1/f shrink (near-top tokens come closer), larger gaps
-grow (the tail is suppressed). Masked (−inf) entries stay masked.
+grow (the tail is suppressed). Masked (−inf) entries stay masked. Computed in float64; a far-tail
+logit pushed below the dtype's range saturates at its most negative finite value (a logit, not a
+mask). In a chain, greedy rows (T < 1e-5) are not smoothed.
 
 >>> import torch
 >>> smoothing(torch.tensor([[2.0, 1.0, 0.0]]), smoothing_factor=0.5)
@@ -16,19 +18,19 @@ tensor([[2.0000, 1.5000, 0.0000]])
 from __future__ import annotations
 
 import math
-
 import torch
 from torch import Tensor
 
 from ..stage import Knob, Stage
-from ._common import check_logits, col, is_neutral, knob
+from ._common import check_logits, col, fit, is_neutral, knob
 
 
 def _smoothing_(x: Tensor, smoothing_factor, smoothing_curve) -> Tensor:
-    f, c = col(smoothing_factor, x), col(smoothing_curve, x)
-    m = x.amax(-1, keepdim=True)
-    d = x - m
-    y = m - (3 - c) / 2 * f * d * d + (c - 1) / 2 * f * d * d * d
+    f, c = col(smoothing_factor, x, torch.float64), col(smoothing_curve, x, torch.float64)
+    x64 = x.double()
+    m = x64.amax(-1, keepdim=True)
+    d = x64 - m
+    y = fit(m - (3 - c) / 2 * f * d * d + (c - 1) / 2 * f * d * d * d, x.dtype)
     return x.copy_(torch.where(torch.isfinite(x) & (f > 0), y, x))
 
 
