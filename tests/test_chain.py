@@ -154,8 +154,11 @@ def test_inactive_samplers_are_skipped():
     assert torch.equal(chain(x, b), x) and torch.equal(chain.candidates(x, b).dense(), x)
     b = Batch([SamplingParams(top_k=3), SamplingParams(min_p=0.1, temperature=0.5), SamplingParams()])
     assert [n for n, _ in chain.stages(x, b)] == ["top_k", "min_p", "temperature"]
-    # T = 0 alone does not activate the temperature stage; smoothing needs T > 0 to be active
-    assert [n for n, _ in chain.stages(x, Batch(SamplingParams(temperature=0.0), size=3))] == []
+    # T = 0 is the temperature stage's point mass: stages show what is sampled (one token per row)
+    st0 = chain.stages(x, Batch(SamplingParams(temperature=0.0), size=3))
+    assert [n for n, _ in st0] == ["temperature"]
+    assert torch.isfinite(st0[0][1]).sum(-1).tolist() == [1, 1, 1]
+    assert torch.equal(st0[0][1].argmax(-1), x.argmax(-1))
     # stages() shows every intermediate result, the last equals __call__
     st = chain.stages(x, b)
     assert torch.equal(st[-1][1], chain(x, b))
@@ -306,12 +309,27 @@ def test_t0_and_t_positive_rows_in_one_batch():
     b = Batch([SamplingParams(temperature=0, seed=1), SamplingParams(temperature=2.0, seed=2),
                SamplingParams(temperature=0.5, top_k=2, seed=3)])
     out = Chain()(x, b)
-    assert torch.equal(out[0], x[0])  # greedy row untouched by temperature
+    assert out[0].tolist() == [-INF, 3.0, -INF, -INF]  # greedy row: a point mass on the first max
     assert out[1].tolist() == [0.5, 1.5, 1.5, 0.0]
     assert out[2].tolist() == [-INF, 6.0, 6.0, -INF]
     for s in range(10):
-        t = Chain().sample(x, Batch(b.params, step=s)).tokens
-        assert t[0] == 1 and t[2] in (1, 2)
+        p = Chain().sample(x, Batch(b.params, step=s))
+        assert p.tokens[0] == 1 and p.tokens[2] in (1, 2)
+        assert p.logprob[0] == 0.0  # the greedy row's distribution is the point mass
+
+
+def test_all_greedy_batches_compact_to_one_candidate():
+    x = torch.randn(4, 3000, generator=torch.Generator().manual_seed(3))
+    x[1, 7] = x[1, 9] = x[1].max() + 1  # a tie: the lower id
+    for kw in (dict(), dict(top_k=5)):
+        b = Batch(SamplingParams(temperature=0.0, seed=0, **kw), size=4)
+        c = Chain.for_batch(b).candidates(x, b)
+        assert c.ids.shape[1] == (5 if kw else 1), kw  # (top-k compacts first: 5, one of them finite)
+        d = c.dense()
+        assert torch.isfinite(d).sum(-1).tolist() == [1] * 4 and d.argmax(-1).tolist() == x.argmax(-1).tolist()
+        assert torch.equal(d, Chain.for_batch(b)(x, b)), kw
+        p = Chain.for_batch(b).sample(x, b, top_n=3)
+        assert p.tokens.tolist() == x.argmax(-1).tolist() and p.logprob.tolist() == [0.0] * 4
 
 
 def test_greedy_rows_do_not_depend_on_the_batch():

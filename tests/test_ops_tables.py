@@ -302,12 +302,35 @@ def test_temperature_divides():
         pytest.approx(0.02), -INF]
 
 
-def test_temperature_zero_rows_are_untouched():
+def test_temperature_zero_is_a_point_mass_on_the_first_maximum():
     x = torch.tensor([[2.0, 1.0, -INF], [2.0, 1.0, -INF], [2.0, 1.0, -INF]])
     y = ops.temperature(x, temperature=torch.tensor([0.0, 2.0, 1.0]))
-    assert torch.equal(y[0], x[0]) and torch.equal(y[2], x[2])
-    assert y[1].tolist() == [1.0, 0.5, -INF]
-    assert torch.equal(ops.temperature(x, temperature=0.0), x)
+    assert y[0].tolist() == [2.0, -INF, -INF]          # greedy row: every other token removed
+    assert y[1].tolist() == [1.0, 0.5, -INF] and torch.equal(y[2], x[2])
+    # ties at the maximum: the lowest token id
+    assert ops.temperature(torch.tensor([[1.0, 3.0, 3.0, 0.0]]), temperature=0.0)[0].tolist() == [
+        -INF, 3.0, -INF, -INF]
+
+
+@pytest.mark.parametrize("T", [1e-40, 1e-38, 5e-324, 9.99e-6])
+def test_temperature_below_the_floor_is_greedy(T):
+    # below 1e-5: the limit T -> 0 (greedy), never an overflow (before: 1e-38 on [5, 9] picked id 0
+    # in 2000/2000 draws, and all-negative rows became -inf, i.e. token id V and a NaN logprob)
+    x = torch.tensor([[5.0, 9.0], [-5.0, -9.0], [-3e38, -3.3e38]])
+    assert ops.temperature(x, temperature=T).tolist() == [[-INF, 9.0], [-5.0, -INF], [x[2, 0].item(), -INF]]
+    b = Batch(SamplingParams(temperature=T, seed=0), size=3)
+    for step in range(50):
+        picked = Chain().sample(x, Batch(b.params, step=step))
+        assert picked.tokens.tolist() == [1, 0, 0] and picked.logprob.tolist() == [0.0, 0.0, 0.0]
+
+
+def test_temperature_never_overflows():
+    # l / T past float32's range: the row is shifted by its max (the same distribution)
+    y = ops.temperature(torch.tensor([[-3e38, -3.2e38, -INF], [3e38, 2e38, 0.0]]), temperature=0.5)
+    assert y[0].tolist() == pytest.approx([0.0, -4e37, -INF], rel=1e-6)
+    assert y[1].tolist() == pytest.approx([0.0, -2e38, torch.finfo().min], rel=1e-6)  # saturated
+    h = ops.temperature(torch.tensor([[60000.0, 1.0]], dtype=torch.float16), temperature=0.5)
+    assert h.dtype == torch.float16 and h.tolist() == [[0.0, -65504.0]]  # saturates, no inf
 
 
 @pytest.mark.parametrize("T", [-1.0, -1e-9, torch.tensor([1.0, -0.5])])
@@ -617,7 +640,8 @@ def test_expand_sequence_breakers():
     enc = {"#": [0], "##": [1]}
     got = ops.expand_sequence_breakers(["###", "\n"], texts, lambda s: enc[s])
     assert got == [(0, 1), (1, 0), (1, 1), (2,), (3, 1), (5,), (6,)]
-    # max_chars truncates the breaker, max_tail the tokenised tail
-    got = ops.expand_sequence_breakers(["a" * 50], ["a" * 40, "a"], lambda s: list(range(len(s))),
-                                       max_chars=40, max_tail=20)
+    # at most 40 characters (llama.cpp's cap; longer is an error), the tokenised tail cut at 20
+    got = ops.expand_sequence_breakers(["a" * 40], ["a" * 40, "a"], lambda s: list(range(len(s))))
     assert got[0] == (0,) and got[1] == (1, *range(20))
+    with pytest.raises(TemperanceError, match="at most 40 characters"):
+        ops.expand_sequence_breakers(["a" * 41], ["a"], lambda s: [0])

@@ -209,8 +209,10 @@ def test_knob_without_its_stage_is_an_error():
         SamplingParams(samplers="hf", dry_multiplier=0.8)
     with pytest.raises(TemperanceError, match="temperature=0.5 is set"):
         SamplingParams(samplers="top_k", temperature=0.5)
-    # neutral knobs need no stage; T = 0 (greedy) is decided by pick, not by the stage
-    SamplingParams(samplers="top_k", top_k=3, temperature=0.0)
+    # T = 0 (greedy) is the temperature stage's point mass: it needs the stage like any other T
+    with pytest.raises(TemperanceError, match="temperature=0.0 is set"):
+        SamplingParams(samplers="top_k", top_k=3, temperature=0.0)
+    # neutral knobs need no stage
     SamplingParams(samplers="top_k", top_p=1.0, min_p=0.0)
 
 
