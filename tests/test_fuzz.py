@@ -27,7 +27,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from temperance import SAMPLERS, Batch, Chain, SamplingParams, TemperanceError, ops
-from temperance.params import _SWITCH, ACTIVE, KNOBS, parse_samplers
+from temperance.ops import KNOBS, STAGES
+from temperance.params import parse_samplers
 
 INF, NAN = math.inf, math.nan
 EXAMPLES = int(os.environ.get("TEMPERANCE_FUZZ_EXAMPLES", "60"))
@@ -98,7 +99,9 @@ def logits_st(draw, dtype=None, B=None, V=None):
             x[torch.rand(B, V, generator=g) < 0.3] = -INF
             x[torch.rand(B, V, generator=g) < 0.05] = draw(st.sampled_from(special))
     x = x.clamp(-fi.max, fi.max).where(torch.isfinite(x) | torch.isnan(x), x).to(dtype)
-    poison = draw(st.sampled_from([None] * 10 + ["nan", "+inf", "empty"]))
+    empty = ~torch.isfinite(x).any(-1)
+    x[empty, draw(st.integers(0, V - 1))] = 0.0  # empty rows only where poisoned, below
+    poison = draw(st.sampled_from([None] * 15 + ["nan", "+inf", "empty"]))
     if poison:
         r, c = draw(st.integers(0, B - 1)), draw(st.integers(0, V - 1))
         if poison == "nan":
@@ -129,8 +132,6 @@ def history_st(draw, B, V, bad=False):
     return rows
 
 
-STAGE_KNOBS = {"temperature": ("dynatemp_range", "smoothing_factor"), "xtc": ("xtc_threshold",),
-               "penalties": ("frequency_penalty", "presence_penalty")}
 BIAS_VALUES = [-INF, -1e39, -1e30, -5.0, 0.0, 2.0, 1e4, 1e30, 1e39, 1e308, NAN, INF, True, "x"]
 
 
@@ -157,19 +158,20 @@ def params_st(draw, V, mirostat, order, bad=False):
         kw.update(mirostat=mirostat, mirostat_tau=draw(knob_value("mirostat_tau")),
                   mirostat_eta=draw(knob_value("mirostat_eta")))
     if isinstance(order, str) and not bad:  # a preset: only knobs of its samplers
-        probe = SamplingParams(**{k: v for k, v in kw.items() if k != "logit_bias"})
         names = set(parse_samplers(order)) | {"mirostat"}
-        for stage in ACTIVE:
-            if stage not in names and probe.active(stage):
-                kw.pop(_SWITCH[stage], None)
-                for k in STAGE_KNOBS.get(stage, ()):
-                    kw.pop(k, None)
+        for stage in STAGES:
+            if (stage.part_of or stage.name) not in names:
+                for k in stage.knobs:
+                    kw.pop(k.name, None)
     try:
         return SamplingParams(**kw, samplers=order, seed=draw(st.integers(0, 2**63 - 1)))
     except TemperanceError:
         if bad:
             raise
         return SamplingParams(samplers=order, seed=0)
+
+
+LAST: dict = {}  # the last chain case drawn (for a debugger)
 
 
 def _run(f):
@@ -211,7 +213,7 @@ def chain_case(draw):
 @given(st.data())
 def test_fuzz_chain(data):
     try:
-        x, params, history, breakers, step = data.draw(chain_case())
+        x, params, history, breakers, step = LAST["case"] = data.draw(chain_case())
         batch = Batch(params, history=history, dry_breakers=breakers, step=step)
         chain = Chain.for_batch(batch)
     except TemperanceError:
@@ -247,11 +249,14 @@ def test_fuzz_chain(data):
 def _knobs(data, names, B):
     """Scalars or per-row [B] tensors of hostile values (a tensor of nonsense is skipped)."""
     kw = {}
+    bad = data.draw(st.integers(0, 3)) == 0  # one case in four may hold invalid values
     for name in names:
         if data.draw(st.booleans()):
             continue
         if data.draw(st.booleans()):
-            kw[name] = data.draw(knob_value(name))
+            v = data.draw(knob_value(name))
+            if bad or _valid(name, v):
+                kw[name] = v
         else:
             vals = data.draw(st.lists(st.one_of(st.sampled_from(INTS if _is_int_knob(name) else FLOATS),
                                                 st.sampled_from(SPECIAL_KNOBS)), min_size=B, max_size=B))
@@ -317,7 +322,8 @@ def test_fuzz_ops(name, data):
        st.sampled_from(FLOATS + SPECIAL_KNOBS))
 def test_fuzz_mirostat_update(mu, logprob, tau, eta):
     mu = torch.tensor(mu if isinstance(mu, list) else [mu], dtype=torch.float64).float()
-    r = _run(lambda: ops.mirostat_update(mu, torch.full_like(mu, logprob), mirostat_tau=tau, mirostat_eta=eta))
+    lp = torch.full(mu.shape, logprob, dtype=torch.float64).float()
+    r = _run(lambda: ops.mirostat_update(mu, lp, mirostat_tau=tau, mirostat_eta=eta))
     if isinstance(r, TemperanceError):
         return
     assert r.shape == mu.shape and bool(torch.isfinite(r).all()) or not bool(torch.isfinite(mu).all()), r

@@ -14,6 +14,10 @@ from torch import Tensor
 from ..errors import TemperanceError
 
 NEG_INF = float("-inf")
+# The end of every otherwise unbounded knob's range, "1e30" (as float32 rounds it, so that a knob
+# that went through a float32 [B] tensor is still in range): past it each knob has long reached its
+# limit, a float32 per-row knob stays finite, and the float64 kernels cannot overflow.
+LIMIT = float(torch.tensor(1e30, dtype=torch.float32))
 
 
 def check_logits(logits: Tensor) -> None:
@@ -73,6 +77,8 @@ def col(value, x: Tensor, dtype: torch.dtype | None = None) -> Tensor:
     dtype = dtype or x.dtype
     if isinstance(value, Tensor):
         return value.to(device=x.device, dtype=dtype).view(-1, 1)
+    if dtype.is_floating_point and dtype != torch.float64:  # (a value past dtype's range: ±inf)
+        return torch.full((x.shape[0], 1), value, dtype=torch.float64, device=x.device).to(dtype)
     return torch.full((x.shape[0], 1), value, dtype=dtype, device=x.device)
 
 

@@ -46,7 +46,7 @@ from torch import Tensor
 
 from ..errors import TemperanceError
 from ..stage import Knob, Stage
-from ._common import as_history, check_history, check_logits, col, fit, is_neutral, knob
+from ._common import LIMIT, as_history, check_history, check_logits, col, fit, is_neutral, knob
 
 Breakers = Sequence[Sequence[int]]  # token-id sequences; a one-token sequence is a plain breaker
 FLOAT_MAX_LOG = 88.7228391
@@ -300,12 +300,12 @@ STAGE = Stage(
     summary="penalise the token that would extend a repeated sequence",
     active=lambda p: p.dry_multiplier > 0 and p.dry_penalty_last_n != 0,
     knobs=(
-        Knob("dry_multiplier", 0.0, lambda x: math.isfinite(x) and x >= 0, "[0, inf) (0 = off)",
+        Knob("dry_multiplier", 0.0, lambda x: 0 <= x <= LIMIT, "[0, 1e30] (0 = off)",
              "DRY penalty strength (0.8 is usual)", flag="--dry-multiplier"),
-        Knob("dry_base", 1.75, lambda x: math.isfinite(x) and x >= 1, "[1, inf)",
+        Knob("dry_base", 1.75, lambda x: 1 <= x <= LIMIT, "[1, 1e30]",
              "growth of the penalty with the repeat's length", flag="--dry-base"),
-        Knob("dry_allowed_length", 2, lambda x: x >= 1, "integers >= 1",
-             "repeats longer than this are penalised", flag="--dry-allowed-length", integer=True),
+        Knob("dry_allowed_length", 2, lambda x: x >= 0, "integers >= 0 (0 = any repeat)",
+             "repeats at least this long are penalised", flag="--dry-allowed-length", integer=True),
         Knob("dry_penalty_last_n", -1, lambda x: x >= -1, "integers >= -1 (-1 = whole context, 0 = off)",
              "how many recent tokens DRY looks at", flag="--dry-penalty-last-n", integer=True),
         Knob("dry_sequence_breakers", DEFAULT_BREAKERS, None,

@@ -21,13 +21,12 @@ computed in float64 and applied without overflow. (kalomaze, llama.cpp PR #4972.
 
 from __future__ import annotations
 
-import math
 
 import torch
 from torch import Tensor
 
 from ..stage import Knob, Stage
-from ._common import check_logits, col, knob
+from ._common import LIMIT, check_logits, col, knob
 from .temperature import _temperature_, is_greedy
 
 
@@ -59,9 +58,9 @@ STAGE = Stage(
     paper="kalomaze, llama.cpp #4972", summary="entropy-scaled temperature in [T - range, T + range]",
     active=lambda p: p.dynatemp_range > 0,
     knobs=(
-        Knob("dynatemp_range", 0.0, lambda x: math.isfinite(x) and x >= 0, "[0, inf) (0 = off)",
+        Knob("dynatemp_range", 0.0, lambda x: 0 <= x <= LIMIT, "[0, 1e30] (0 = off)",
              "T varies in [T - range, T + range] with the entropy", flag="--dynatemp-range"),
-        Knob("dynatemp_exponent", 1.0, lambda x: math.isfinite(x) and x >= 0, "[0, inf)",
+        Knob("dynatemp_exponent", 1.0, lambda x: 0 <= x <= LIMIT, "[0, 1e30]",
              "how T grows with the normalised entropy", flag="--dynatemp-exp",
              request=("dynatemp_exponent", "dynatemp_exp")),
     ))

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from ..errors import TemperanceError
 from ..stage import Knob, Stage
-from ._common import check_logits, check_not_empty, fit
+from ._common import LIMIT, check_logits, check_not_empty, fit
 
 
 def pack(biases: Sequence[Mapping[int, float]], vocab_size: int, device=None) -> tuple[Tensor, Tensor]:
@@ -82,10 +82,16 @@ def logit_bias(logits: Tensor, *, logit_bias) -> Tensor:
     return _logit_bias_(logits.clone(), ids, vals)
 
 
+MAX_ENTRIES = 1 << 18  # 262,144: every token of the largest vocabulary we ship
+
+
 def check_bias(bias: Any) -> dict[int, float]:
-    """A logit-bias mapping, validated: token id (int >= 0) -> finite bias or ``-inf`` (ban)."""
+    """A logit-bias mapping, validated: at most ``MAX_ENTRIES`` token ids (int >= 0) -> a bias in
+    [-1e30, 1e30] or ``-inf`` (ban)."""
     if not isinstance(bias, Mapping):
         raise TemperanceError(f"logit_bias must be a mapping token id -> bias, got {bias!r}")
+    if len(bias) > MAX_ENTRIES:
+        raise TemperanceError(f"logit_bias must have at most {MAX_ENTRIES} entries, got {len(bias)}")
     out = {}
     for k, v in bias.items():
         try:
@@ -94,9 +100,10 @@ def check_bias(bias: Any) -> dict[int, float]:
             raise TemperanceError(f"logit_bias keys must be token ids (integers >= 0), got {k!r}")
         if tok < 0 or (isinstance(k, float) and not k.is_integer()):
             raise TemperanceError(f"logit_bias keys must be token ids (integers >= 0), got {k!r}")
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v) or v == math.inf:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (
+                -LIMIT <= v <= LIMIT or v == -math.inf):
             raise TemperanceError(
-                f"logit_bias[{tok}] must be a finite number or -inf (ban), got {v!r}")
+                f"logit_bias[{tok}] must be in [-1e30, 1e30] or -inf (ban), got {v!r}")
         out[tok] = float(v)
     return out
 
@@ -143,7 +150,7 @@ STAGE = Stage(
     "logit_bias", apply=_stage_, reads_ids=True, aliases=("bias",), paper="OpenAI API",
     summary="add a per-token constant; -inf bans",
     active=lambda p: bool(p.logit_bias),
-    knobs=(Knob("logit_bias", {}, None, "{token id: finite bias or -inf}",
+    knobs=(Knob("logit_bias", {}, None, "{token id: bias in [-1e30, 1e30] or -inf}, at most 2^18 entries",
                 "add a per-token constant to the logits; -inf bans the token",
                 flag=("--logit-bias", "-l"), check_value=check_bias, from_json=from_json,
                 parse_flag=parse_flags),))

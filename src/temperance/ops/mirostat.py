@@ -29,7 +29,7 @@ from torch import Tensor
 
 from ..errors import TemperanceError
 from ..stage import Knob, Stage
-from ._common import NEG_INF, check_logits, col, knob
+from ._common import LIMIT, NEG_INF, check_logits, col, knob
 from ._topk import chunked_topk
 from .top_k import _top_k_
 
@@ -57,24 +57,37 @@ def _v1_k(x: Tensor, mu: Tensor, vocab_size: int) -> Tensor:
 
 def _mirostat_(x: Tensor, mu: Tensor, mirostat, vocab_size: int) -> Tensor:
     version = col(mirostat, x, torch.int64)
+    mu = mu.float().nan_to_num(nan=0.0)  # (mu is kept finite by mirostat_update)
     if bool((version == 1).any()):
         k = _v1_k(x, mu, vocab_size)
         x1 = _top_k_(x.clone(), torch.where(version == 1, k, 0).view(-1))
         x.copy_(torch.where(version == 1, x1, x))
     if bool((version == 2).any()):
-        logp = x - torch.logsumexp(x, dim=-1, keepdim=True)
-        cut = logp < -mu.view(-1, 1).to(x.dtype) * math.log(2)
+        x32 = x.float()
+        logp = x32 - torch.logsumexp(x32, dim=-1, keepdim=True)
+        cut = logp < -mu.view(-1, 1) * math.log(2)
         cut &= logp < logp.amax(-1, keepdim=True)  # keep at least the top token
         x.masked_fill_(cut & (version == 2), NEG_INF)
     return x
 
 
 def mirostat_update(mu: Tensor, logprob: Tensor, *, mirostat_tau=5.0, mirostat_eta=0.1) -> Tensor:
-    """``mu − η·(S − τ)`` with S = −logprob / ln 2 (bits) of the chosen token; returns new ``[B]``."""
+    """``mu − η·(S − τ)`` with S = −logprob / ln 2 (bits) of the chosen token; returns new ``[B]``.
+
+    Computed in float64 and kept within ±1e30 (a finite state, whatever the knobs). ``logprob``
+    must be finite: a drawn token has a probability above 0."""
+    if not isinstance(mu, Tensor) or not isinstance(logprob, Tensor) or mu.shape != logprob.shape:
+        raise TemperanceError("mirostat_update needs mu and logprob as tensors of one shape [B]")
+    if not bool(torch.isfinite(logprob).all()):
+        raise TemperanceError(f"logprob must be finite (the chosen token's log-probability), got "
+                              f"{logprob.tolist()}")
+    tau = knob("mirostat_tau", mirostat_tau, mu.view(-1, 1))
+    eta = knob("mirostat_eta", mirostat_eta, mu.view(-1, 1))
     surprise = -logprob.to(torch.float64) / math.log(2)
-    tau = torch.as_tensor(mirostat_tau, dtype=torch.float64)
-    eta = torch.as_tensor(mirostat_eta, dtype=torch.float64)
-    return (mu.to(torch.float64) - eta * (surprise - tau)).to(mu.dtype)
+    tau = torch.as_tensor(tau, dtype=torch.float64, device=mu.device)
+    eta = torch.as_tensor(eta, dtype=torch.float64, device=mu.device)
+    new = mu.to(torch.float64) - eta * (surprise - tau)
+    return new.nan_to_num(nan=0.0).clamp(-LIMIT, LIMIT).to(mu.dtype)
 
 
 def mirostat(logits: Tensor, *, mu, mirostat=2) -> Tensor:
@@ -83,8 +96,14 @@ def mirostat(logits: Tensor, *, mu, mirostat=2) -> Tensor:
     mirostat = knob("mirostat", mirostat, logits)
     if not isinstance(mirostat, Tensor) and mirostat == 0:
         raise TemperanceError("mirostat must be 1 or 2 for ops.mirostat, got 0")
-    mu = torch.as_tensor(mu, dtype=torch.float32).expand(logits.shape[0])
-    return _mirostat_(logits.clone(), mu, mirostat, logits.shape[1])
+    B = logits.shape[0]
+    try:
+        mu = torch.as_tensor(mu, dtype=torch.float64).float().reshape(-1)
+    except (TypeError, ValueError, RuntimeError):
+        raise TemperanceError(f"mu must be a number or a [B] tensor, got {mu!r}") from None
+    if mu.numel() not in (1, B) or bool(torch.isnan(mu).any()):
+        raise TemperanceError(f"mu must be a number (not NaN) or {B} of them, got {mu.tolist()}")
+    return _mirostat_(logits.clone(), mu.expand(B), mirostat, logits.shape[1])
 
 
 BEFORE = ("logit_bias", "penalties", "temperature")  # what still runs before mirostat
@@ -96,8 +115,8 @@ STAGE = Stage(
     knobs=(
         Knob("mirostat", 0, lambda x: x in (0, 1, 2), "{0, 1, 2} (0 = off)",
              "mirostat version; replaces truncation", flag="--mirostat", integer=True),
-        Knob("mirostat_tau", 5.0, lambda x: math.isfinite(x) and x >= 0, "[0, inf)",
+        Knob("mirostat_tau", 5.0, lambda x: 0 <= x <= LIMIT, "[0, 1e30]",
              "target surprise in bits per token", flag="--mirostat-ent"),
-        Knob("mirostat_eta", 0.1, lambda x: math.isfinite(x) and x >= 0, "[0, inf)",
+        Knob("mirostat_eta", 0.1, lambda x: 0 <= x <= LIMIT, "[0, 1e30]",
              "learning rate of mu", flag="--mirostat-lr"),
     ))

@@ -20,12 +20,11 @@ tensor([[ 0.5000, -2.5000,  1.0000,  0.5000]])
 
 from __future__ import annotations
 
-import math
 import torch
 from torch import Tensor
 
 from ..stage import Knob, Stage
-from ._common import as_history, check_history, check_logits, col, fit, is_neutral, knob
+from ._common import LIMIT, as_history, check_history, check_logits, col, fit, is_neutral, knob
 
 
 def window(history: Tensor, last_n) -> Tensor:
@@ -90,8 +89,8 @@ def _stage_(x: Tensor, batch) -> Tensor:
                        k("presence_penalty"), k("penalty_last_n"))
 
 
-def _finite(x) -> bool:
-    return math.isfinite(x)
+def _bounded(x) -> bool:
+    return -LIMIT <= x <= LIMIT
 
 
 STAGE = Stage(
@@ -101,12 +100,12 @@ STAGE = Stage(
     active=lambda p: p.penalty_last_n != 0 and (
         p.repetition_penalty != 1 or p.frequency_penalty != 0 or p.presence_penalty != 0),
     knobs=(
-        Knob("repetition_penalty", 1.0, lambda x: _finite(x) and x > 0, "(0, inf) (1 = off)",
+        Knob("repetition_penalty", 1.0, lambda x: 0 < x <= LIMIT, "(0, 1e30] (1 = off)",
              "divide positive, multiply negative logits of seen tokens", flag="--repeat-penalty",
              request=("repeat_penalty", "repetition_penalty")),
-        Knob("frequency_penalty", 0.0, _finite, "finite reals (0 = off)",
+        Knob("frequency_penalty", 0.0, _bounded, "[-1e30, 1e30] (0 = off)",
              "subtract count x this from each seen token", flag="--frequency-penalty"),
-        Knob("presence_penalty", 0.0, _finite, "finite reals (0 = off)",
+        Knob("presence_penalty", 0.0, _bounded, "[-1e30, 1e30] (0 = off)",
              "subtract this from every seen token", flag="--presence-penalty"),
         Knob("penalty_last_n", 64, lambda x: x >= -1, "integers >= -1 (-1 = whole context, 0 = off)",
              "how many recent tokens the penalties count", flag="--repeat-last-n",

@@ -17,12 +17,11 @@ tensor([[2.0000, 1.5000, 0.0000]])
 
 from __future__ import annotations
 
-import math
 import torch
 from torch import Tensor
 
 from ..stage import Knob, Stage
-from ._common import check_logits, col, fit, is_neutral, knob
+from ._common import LIMIT, check_logits, col, fit, is_neutral, knob
 
 
 def _smoothing_(x: Tensor, smoothing_factor, smoothing_curve) -> Tensor:
@@ -48,7 +47,7 @@ STAGE = Stage(
     paper="kalomaze, text-generation-webui #5403", summary="quadratic/cubic transform around the max",
     active=lambda p: p.smoothing_factor > 0,
     knobs=(
-        Knob("smoothing_factor", 0.0, lambda x: math.isfinite(x) and x >= 0, "[0, inf) (0 = off)",
+        Knob("smoothing_factor", 0.0, lambda x: 0 <= x <= LIMIT, "[0, 1e30] (0 = off)",
              "quadratic smoothing strength", flag="--smoothing-factor"),
         Knob("smoothing_curve", 1.0, lambda x: 1 <= x <= 3, "[1, 3]",
              "1 = quadratic; above 1 adds a cubic term", flag="--smoothing-curve"),

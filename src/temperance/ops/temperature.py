@@ -34,13 +34,11 @@ tensor([[-inf, 3., -inf, -inf]])
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
 from ..stage import Knob, Stage
-from ._common import NEG_INF, check_logits, col, fit, is_neutral, knob
+from ._common import LIMIT, NEG_INF, check_logits, col, fit, is_neutral, knob
 
 GREEDY_BELOW = 1e-5  # a temperature below this is greedy (T == 0)
 
@@ -131,6 +129,6 @@ STAGE = Stage(
     summary="l / T (0 = greedy: a point mass on the first maximum), with dynamic temperature and smoothing",
     active=lambda p: p.temperature != 1.0 or p.dynatemp_range > 0 or p.smoothing_factor > 0,
     compact=_greedy_compact,
-    knobs=(Knob("temperature", 1.0, lambda x: math.isfinite(x) and x >= 0, "[0, inf) (0 = greedy)",
-                "divide the logits by T; 0 = greedy; no upper cap", flag="--temp",
+    knobs=(Knob("temperature", 1.0, lambda x: 0 <= x <= LIMIT, "[0, 1e30] (0 = greedy; below 1e-5 too)",
+                "divide the logits by T; 0 = greedy; no practical upper cap", flag="--temp",
                 request=("temperature", "temp")),))
