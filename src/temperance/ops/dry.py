@@ -107,6 +107,7 @@ def _expand(breakers: tuple[str, ...], texts: Sequence[str], encode) -> list[tup
     joined = "".join(t + _SEP for t in texts)
     starts = list(itertools.accumulate((len(t) + 1 for t in texts), initial=0))
     odd = [i for i, t in enumerate(texts) if _SEP in t]  # searched one by one
+    odd_set = set(odd)
     out: dict[tuple[int, ...], None] = {}
     for s in breakers:
         tails: dict[int, tuple[int, ...]] = {}
@@ -129,7 +130,9 @@ def _expand(breakers: tuple[str, ...], texts: Sequence[str], encode) -> list[tup
                 contains.add(bisect.bisect_right(starts, m.start()) - 1)
             for k in range(1, len(s)):
                 for m in re.finditer(re.escape(s[:k] + _SEP), joined):
-                    found.append((bisect.bisect_right(starts, m.start()) - 1, -k))
+                    i = bisect.bisect_right(starts, m.start()) - 1
+                    if i not in odd_set:  # (a separator inside such a token is not its end)
+                        found.append((i, -k))
         for i, word in words:
             if s in word:
                 contains.add(i)
@@ -141,30 +144,83 @@ def _expand(breakers: tuple[str, ...], texts: Sequence[str], encode) -> list[tup
     return list(out)
 
 
+class _Compiled:
+    """A breaker list prepared for the per-step scan: the single-token breakers as a tensor, the
+    longer ones as a sorted tensor of n-gram hashes per length, and the exact set to verify hits."""
+
+    P, M = (1_000_003, 2_147_483_647), (2_147_483_629, 2_147_483_587)  # two (base, modulus) pairs
+
+    def __init__(self, breakers: Breakers):
+        self.singles = torch.tensor(sorted({s[0] for s in breakers if len(s) == 1}), dtype=torch.int64)
+        self.exact = {tuple(s) for s in breakers if len(s) > 1}
+        by_len: dict[int, list[tuple[int, ...]]] = {}
+        for seq in self.exact:
+            by_len.setdefault(len(seq), []).append(seq)
+        self.hashes = {m: self.hash(torch.tensor(seqs, dtype=torch.int64)).sort().values
+                       for m, seqs in by_len.items()}
+
+    @classmethod
+    def hash(cls, grams: Tensor) -> Tensor:
+        """One int64 key per row of ``grams`` ``[N, m]`` (two polynomial hashes mod ~2^31)."""
+        m = grams.shape[-1]
+        key = torch.zeros(grams.shape[:-1], dtype=torch.int64, device=grams.device)
+        for P, M in zip(cls.P, cls.M):
+            pw = torch.tensor([pow(P, j, M) for j in range(m)], dtype=torch.int64, device=grams.device)
+            key = key * (1 << 31) + torch.remainder(torch.remainder(grams, M) * pw, M).sum(-1).remainder(M)
+        return key
+
+
+_COMPILED: dict[int, tuple[Breakers, _Compiled]] = {}
+
+
+def _compiled(breakers: Breakers) -> _Compiled:
+    """The compiled form of one breaker list, cached by identity (a batch reuses its lists)."""
+    hit = _COMPILED.pop(id(breakers), None)
+    if hit is None or hit[0] is not breakers:
+        hit = (breakers, _Compiled(breakers))
+    _COMPILED[id(breakers)] = hit
+    while len(_COMPILED) > 16:
+        _COMPILED.pop(next(iter(_COMPILED)))
+    return hit[1]
+
+
+def _member(q: Tensor, keys: Tensor) -> Tensor:
+    """``q`` in the sorted 1-D ``keys`` (binary search: no sort of the keys per call)."""
+    if keys.numel() == 0:
+        return torch.zeros_like(q, dtype=torch.bool)
+    i = torch.searchsorted(keys, q).clamp(max=keys.numel() - 1)
+    return keys[i] == q
+
+
 def _rep_limit(h: Tensor, start: Tensor, breakers: list[Breakers]) -> Tensor:
-    """Tokens after the most recent breaker occurrence in each row's window ``[B]``."""
+    """Tokens after the most recent breaker occurrence in each row's window ``[B]``.
+
+    A breaker occurs at p when the window holds its whole sequence from p on; at the most recent
+    such p (ties: the longest sequence) the limit is the number of tokens after the sequence.
+    Vectorised: every n-gram length the list has is hashed over the row at once."""
     B, L = h.shape
     limit = (L - start.view(-1)).clone()
-    compiled: dict[int, tuple[dict, Tensor]] = {}  # per distinct breaker list (rows share them)
     for b in range(B):
         if not breakers[b]:
             continue
-        if id(breakers[b]) not in compiled:
-            heads: dict[int, list[tuple[int, ...]]] = {}
-            for seq in breakers[b]:
-                heads.setdefault(seq[0], []).append(tuple(seq[1:]))
-            compiled[id(breakers[b])] = heads, torch.tensor(list(heads), dtype=h.dtype, device=h.device)
-        heads, head_ids = compiled[id(breakers[b])]
-        row, s0 = h[b], int(start[b])
-        for p in reversed(torch.isin(row, head_ids).nonzero().view(-1).tolist()):  # most recent first
-            if p < s0:
-                break
-            i = L - 1 - p  # tokens after the head
-            tails = [t for t in heads[int(row[p])] if len(t) <= i and
-                     all(int(row[p + 1 + q]) == t[q] for q in range(len(t)))]
-            if tails:
-                limit[b] = i - max(len(t) for t in tails)
-                break
+        c, row, s0 = _compiled(breakers[b]), h[b], int(start[b])
+        best = torch.full((L,), -1, dtype=torch.int64, device=h.device)  # longest tail found at p
+        best[_member(row, c.singles.to(h.device))] = 0
+        for m, keys in sorted(c.hashes.items()):
+            if m > L - s0:
+                continue
+            grams = row.unfold(0, m, 1)                                 # [L - m + 1, m]
+            hit = _member(_Compiled.hash(grams), keys.to(h.device))
+            hit[: s0] = False
+            for p in reversed(hit.nonzero().view(-1).tolist()):        # verify (hash collisions)
+                if tuple(grams[p].tolist()) in c.exact:
+                    best[p] = torch.clamp(best[p], min=m - 1)
+                    break  # only the most recent occurrence of each length can matter
+        best[: s0] = -1
+        found = (best >= 0).nonzero().view(-1)
+        if found.numel():
+            p = int(found[-1])
+            limit[b] = (L - 1 - p) - int(best[p])
     return limit
 
 
@@ -176,10 +232,10 @@ def _exempt(r: Tensor, tok: Tensor, breakers: list[Breakers]) -> Tensor:
         if breakers[b]:
             groups.setdefault(id(breakers[b]), []).append(b)
     for rows in groups.values():
-        singles = [s[0] for s in breakers[rows[0]] if len(s) == 1]
-        if singles:
+        singles = _compiled(breakers[rows[0]]).singles.to(tok.device)
+        if singles.numel():
             mine = torch.isin(r, torch.tensor(rows, device=r.device))
-            exempt |= mine & torch.isin(tok, torch.tensor(singles, dtype=tok.dtype, device=tok.device))
+            exempt |= mine & _member(tok, singles)
     return exempt
 
 
@@ -263,8 +319,28 @@ def per_row_breakers(value, B: int) -> list[Breakers]:
     done: dict[int, list[tuple[int, ...]]] = {}  # one list per distinct input row, shared
     for row in rows:
         if id(row) not in done:
-            done[id(row)] = [_sequence(s) for s in row]
+            done[id(row)] = _normal(row)
     return [done[id(row)] for row in rows]
+
+
+_NORMAL: dict[tuple, list[tuple[int, ...]]] = {}
+
+
+def _normal(row) -> list[tuple[int, ...]]:
+    """One row's breakers as validated tuples; a recent equal row gives the same list back (so its
+    compiled form is reused too)."""
+    try:
+        key = tuple(row)
+        hash(key)
+    except TypeError:  # lists inside: not cached
+        return [_sequence(s) for s in row]
+    out = _NORMAL.pop(key, None)
+    if out is None:
+        out = [_sequence(s) for s in row]
+    _NORMAL[key] = out
+    while len(_NORMAL) > 16:
+        _NORMAL.pop(next(iter(_NORMAL)))
+    return out
 
 
 def _sequence(s) -> tuple[int, ...]:
