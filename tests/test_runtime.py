@@ -265,19 +265,20 @@ def test_gemma_gguf_comes_from_assemble(tmp_path, monkeypatch):
 
 
 def test_cache_that_fails_to_load_is_rebuilt(tmp_path):
-    """Right sizes, garbage bytes: caught by the load, rebuilt once (with a tiny fake model)."""
+    """Intact (hashed) files that do not load: caught by the load, rebuilt once (tiny fake model)."""
     calls = []
 
     def build(out):
         calls.append(out)
         tiny_llama(vocab_size=262).save_pretrained(out)
         hf_tokenizer().save_pretrained(out)
+        if len(calls) == 1:  # the first conversion wrote garbage (and hashed it)
+            weights = out / "model.safetensors"
+            weights.write_bytes(b"\0" * weights.stat().st_size)
         return {}
 
     dest = tmp_path / "tiny-0"
     ensure_cached(dest, build)
-    weights = dest / "model.safetensors"
-    weights.write_bytes(b"\0" * weights.stat().st_size)
     assert cache_problem(dest) is None
     model, tok = models._load_cached("tiny", dest, build, "fast")
     assert len(calls) == 2 and model.config.vocab_size == 262 and tok.eos_token == "<|im_end|>"

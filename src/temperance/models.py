@@ -10,9 +10,16 @@ GGUF weights are dequantised to fp32 by transformers' GGUF loader, which is slow
 SmolLM2), so the result is saved once as safetensors into a cache directory,
 `$TEMPERANCE_CACHE` or `~/.cache/temperance/models`, one subdirectory
 `<name>-<sha256 prefix of the source>` per model. A cache directory is built in a temporary
-sibling and renamed into place; its manifest `temperance.json` (source hash, file sizes) is
-written last. A directory with no manifest, a missing or resized file, or weights that fail to
-load is rebuilt.
+sibling and renamed into place; its manifest `temperance.json` (source hash, and per file its
+size, sha256 and the size + mtime it had when hashed) is written last.
+
+Integrity: every load checks the manifest cheaply: a file whose size and mtime are those recorded
+is trusted, any other is hashed and compared (a file edited in place is caught; one copied intact
+is re-stamped). `temperance models verify` hashes everything. A directory with no manifest, a
+missing, resized or changed file, weights that fail to load or hold NaN/inf is rebuilt. A cache
+written before hashes were recorded is hashed once and adopted. Leftovers of a killed conversion
+(its temporary directory, ~0.5 GB) are swept by the next run: at once when the process that made
+them is gone, after an hour otherwise.
 
 Offline by construction: every `from_pretrained` here passes `local_files_only=True`.
 """
@@ -23,7 +30,9 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import shutil
+import socket
 import sys
 import tempfile
 import time
@@ -36,7 +45,8 @@ from .runtime import set_threads
 
 __all__ = [
     "ModelError", "ModelInfo", "DEFAULT_MODEL", "MANIFEST", "cache_root", "cache_problem",
-    "ensure_cached", "list_models", "load", "load_model", "model_dir", "resolve",
+    "ensure_cached", "list_models", "load", "load_model", "model_dir", "resolve", "verify_cache",
+    "discard_cache",
 ]
 
 DEFAULT_MODEL = "smollm2"
@@ -176,12 +186,14 @@ def _cache_dir(name: str, key: str) -> Path:
     return cache_root() / f"{name}-{key[:12]}"
 
 
-def cache_problem(path: Path) -> str | None:
-    """Say what is wrong with a cache directory, or return None if it looks complete.
+def cache_problem(path: Path, full: bool = False) -> str | None:
+    """Say what is wrong with a cache directory, or return None if it is complete and intact.
 
     Checks the manifest exists and parses, and that every file it lists exists with the recorded
-    size (a truncated copy or an interrupted conversion fails here). Weights that are the right
-    size but corrupt are caught later, when loading fails.
+    size and content: a file whose size and mtime are the ones recorded when it was hashed is
+    trusted (cheap), any other is hashed; ``full=True`` hashes every file. A file found intact
+    under a new mtime (a copy) is re-stamped so the next check is cheap again; a manifest without
+    hashes (an older cache) gets them.
     """
     path = Path(path)
     if not path.is_dir():
@@ -194,36 +206,100 @@ def cache_problem(path: Path) -> str | None:
         files = info["files"]
         if info.get("format") != _FORMAT:
             return f"cache format {info.get('format')}, expected {_FORMAT}"
-    except (ValueError, KeyError, TypeError) as e:
+        hashes, stamps = info.get("sha256"), info.get("stamp", {})
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
         return f"unreadable {MANIFEST}: {e}"
+    changed = hashes is None
+    hashes = dict(hashes or {})
     for rel, size in files.items():
         f = path / rel
         if not f.is_file():
             return f"missing file {rel}"
-        if f.stat().st_size != size:
-            return f"{rel} has {f.stat().st_size} bytes, expected {size}"
+        st = f.stat()
+        if st.st_size != size:
+            return f"{rel} has {st.st_size} bytes, expected {size}"
+        if not full and rel in hashes and stamps.get(rel) == [st.st_size, st.st_mtime_ns]:
+            continue
+        digest = sha256_file(f)
+        if rel in hashes and digest != hashes[rel]:
+            return f"{rel} changed since it was written (sha256 {digest[:12]}, expected {hashes[rel][:12]})"
+        changed |= hashes.get(rel) != digest or stamps.get(rel) != [st.st_size, st.st_mtime_ns]
+        hashes[rel] = digest
+    if changed:
+        _restamp(path, info, hashes)
     return None
 
 
+def _stamps(path: Path, rels) -> dict[str, list[int]]:
+    return {rel: [(path / rel).stat().st_size, (path / rel).stat().st_mtime_ns] for rel in rels}
+
+
+def _restamp(path: Path, info: dict, hashes: dict[str, str]) -> None:
+    """Record the hashes and the current size + mtime of every file (best effort: a read-only
+    cache is checked by hash every time instead)."""
+    try:
+        _atomic_json(path / MANIFEST, {**info, "sha256": hashes, "stamp": _stamps(path, hashes)})
+    except OSError:
+        pass
+
+
+def _atomic_json(target: Path, data: dict) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def verify_cache(path: Path) -> str | None:
+    """Hash every file of a cache directory against its manifest (`temperance models verify`)."""
+    return cache_problem(path, full=True)
+
+
+def discard_cache(path: Path) -> None:
+    """Remove a cache directory (one rename aside, then delete): the next use rebuilds it."""
+    path = Path(path)
+    if path.exists():
+        old = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.old"
+        os.rename(path, old)
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def _write_manifest(path: Path, extra: dict) -> None:
-    files = {
-        str(f.relative_to(path)): f.stat().st_size
-        for f in sorted(path.rglob("*"))
-        if f.is_file() and f.name != MANIFEST
-    }
-    info = {"format": _FORMAT, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), **extra, "files": files}
-    tmp = path / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(info, indent=2))
-    tmp.replace(path / MANIFEST)
+    rels = [str(f.relative_to(path)) for f in sorted(path.rglob("*")) if f.is_file() and f.name != MANIFEST]
+    files = {rel: (path / rel).stat().st_size for rel in rels}
+    info = {"format": _FORMAT, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), **extra, "files": files,
+            "sha256": {rel: sha256_file(path / rel) for rel in rels}, "stamp": _stamps(path, rels)}
+    _atomic_json(path / MANIFEST, info)
+
+
+_HOST = re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname()) or "host"
+_OWNER = re.compile(r"\.tmp-(?P<host>[A-Za-z0-9_]+)-(?P<pid>\d+)-")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # (permission denied: someone else's live process)
+        return True
+    return True
 
 
 def _sweep(path: Path, age_s: float = 3600) -> None:
-    """Delete leftovers of killed conversions of `path` (hidden `.name.*` siblings, > 1 h old)."""
+    """Delete leftovers of killed conversions of `path` (hidden `.name.*` siblings): at once when
+    their name says they belong to a process of this host that is gone, else after `age_s`."""
     now = time.time()
     for p in path.parent.glob(f".{path.name}.*"):
         try:
-            if now - p.stat().st_mtime > age_s:
-                shutil.rmtree(p, ignore_errors=True)
+            m = _OWNER.search(p.name)
+            dead = m is not None and m["host"] == _HOST and not _alive(int(m["pid"]))
+            if dead or p.name.endswith(".old") or now - p.stat().st_mtime > age_s:
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
         except OSError:
             pass
 
@@ -240,7 +316,7 @@ def ensure_cached(path: Path, build: Callable[[Path], dict], *, force: bool = Fa
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     _sweep(path)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-{_HOST}-{os.getpid()}-", dir=path.parent))
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700; the final directory follows the umask
@@ -321,19 +397,45 @@ def _progress(message: str):
 
 
 def _load_cached(label: str, path: Path, build: Callable[[Path], dict], slow: str) -> tuple[Any, Any]:
+    if path.parent.is_dir():
+        _sweep(path)  # leftovers of a killed conversion, whether or not this one is built
     problem = cache_problem(path)
     if problem is not None:
         what = "converting" if problem == "not built yet" else f"rebuilding ({problem})"
         t0 = time.perf_counter()
         with _progress(f"{what} {label} into {path} (one time, {slow})"):
-            ensure_cached(path, build, force=True)
+            _build(label, path, build)
         print(f"temperance: cached {label} in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     try:
-        return _load_dir(path)
-    except Exception as e:  # right sizes but unreadable: rebuild once
+        return _load_checked(path)
+    except Exception as e:  # intact files that fail to load (or hold NaN): rebuild once
         with _progress(f"rebuilding {label}: the cache failed to load ({type(e).__name__}: {e})"):
-            ensure_cached(path, build, force=True)
-        return _load_dir(path)
+            _build(label, path, build)
+        try:
+            return _load_checked(path)
+        except Exception as e2:
+            raise ModelError(f"{label}: the rebuilt cache {path} does not load either "
+                             f"({type(e2).__name__}: {e2})") from None
+
+
+def _build(label: str, path: Path, build: Callable[[Path], dict]) -> None:
+    try:
+        ensure_cached(path, build, force=True)
+    except (ModelError, OSError):
+        raise
+    except Exception as e:  # the source is not a model transformers can read
+        raise ModelError(f"cannot convert {label}: {type(e).__name__}: {e}") from None
+
+
+def _load_checked(path: Path) -> tuple[Any, Any]:
+    """Load a cache directory; weights that are not all finite are a corrupt cache."""
+    import torch
+
+    model, tok = _load_dir(path)
+    bad = [n for n, t in model.state_dict().items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise ValueError(f"weights {bad[0]} hold NaN or inf")
+    return model, tok
 
 
 def _is_path(name: str) -> bool:
@@ -348,7 +450,11 @@ def load_model(name: str = DEFAULT_MODEL) -> tuple[Any, Any]:
             dest = _cache_dir(p.stem.lower(), sha256_file(p))
             return _load_cached(p.name, dest, lambda out: _convert_gguf(p, out), "~1 min per 100M params")
         if p.is_dir():
-            return _load_dir(p)
+            try:
+                return _load_dir(p)
+            except Exception as e:  # an empty or foreign directory
+                raise ModelError(f"{p} is not a Hugging Face model directory that loads "
+                                 f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
         raise ModelError(f"no model directory or .gguf file at {p}; or use a name: {_valid_names()}")
     spec = resolve(name)
     if not _installed(spec):
@@ -392,9 +498,11 @@ def model_dir(name: str = DEFAULT_MODEL) -> Path:
                 shutil.rmtree(scratch, ignore_errors=True)
 
         label, dest = spec.name, _cache_dir(spec.name, spec.key())
+    if dest.parent.is_dir():
+        _sweep(dest)
     if cache_problem(dest) is not None:
         with _progress(f"converting {label} into {dest} (one time)"):
-            ensure_cached(dest, build, force=True)
+            _build(label, dest, build)
     return dest
 
 
