@@ -95,11 +95,12 @@ def _smollm2_gguf(_scratch: Path | None = None) -> Path:
 _HASHES: dict[tuple, str] = {}
 
 
-def sha256_file(path: Path) -> str:
-    """Return the sha256 hex of a file (memoised per process by path, size and mtime)."""
+def sha256_file(path: Path, fresh: bool = False) -> str:
+    """Return the sha256 hex of a file (memoised per process by path, size and mtime, unless
+    ``fresh``: then it is read again)."""
     st = path.stat()
     memo = (str(path), st.st_size, st.st_mtime_ns)
-    if memo not in _HASHES:
+    if fresh or memo not in _HASHES:
         h = hashlib.sha256()
         with open(path, "rb") as f:
             while chunk := f.read(1 << 20):
@@ -220,7 +221,7 @@ def cache_problem(path: Path, full: bool = False) -> str | None:
             return f"{rel} has {st.st_size} bytes, expected {size}"
         if not full and rel in hashes and stamps.get(rel) == [st.st_size, st.st_mtime_ns]:
             continue
-        digest = sha256_file(f)
+        digest = sha256_file(f, fresh=full)
         if rel in hashes and digest != hashes[rel]:
             return f"{rel} changed since it was written (sha256 {digest[:12]}, expected {hashes[rel][:12]})"
         changed |= hashes.get(rel) != digest or stamps.get(rel) != [st.st_size, st.st_mtime_ns]
