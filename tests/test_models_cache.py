@@ -216,3 +216,29 @@ def test_bad_models_when_loaded_anyway_are_model_errors(tmp_path):
     empty.mkdir()
     with pytest.raises(models.ModelError, match="not a Hugging Face model directory that loads"):
         models.load_model(str(empty))
+
+
+def test_an_unexpected_error_is_one_line_not_a_traceback(capsys, monkeypatch):
+    def broken(args):
+        raise RuntimeError("value cannot be converted to type float without overflow")
+    monkeypatch.setattr(cli, "cmd_models", broken)
+    monkeypatch.delenv("TEMPERANCE_DEBUG", raising=False)
+    parser = cli.build_parser
+    monkeypatch.setattr(cli, "build_parser", lambda: _with(parser(), broken))
+    code, _, err = run(capsys, "models")
+    assert code == 1 and err.count("\n") == 1 and "internal error: RuntimeError" in err
+    monkeypatch.setenv("TEMPERANCE_DEBUG", "1")
+    with pytest.raises(RuntimeError):
+        cli.main(["models"])
+
+
+def _with(parser, func):
+    parser._subparsers._group_actions[0].choices["models"].set_defaults(func=func)
+    return parser
+
+
+def test_serve_port_is_checked_before_loading(capsys, no_load):
+    pytest.importorskip("fastapi")
+    pytest.importorskip("uvicorn")
+    code, _, err = run(capsys, "serve", "--port", "70000")
+    assert code == 2 and "--port must be in [0, 65535], got 70000" in err

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from typing import Sequence
 
@@ -323,6 +324,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     for name in ("max_tokens_cap", "max_prompt_tokens", "max_n", "max_batch", "max_queue", "max_body_bytes"):
         if getattr(args, name) < 1:
             raise TemperanceError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if not 0 <= args.port <= 65535:
+        raise TemperanceError(f"--port must be in [0, 65535], got {args.port}")
     check_model_args(args)
     serve(args.model, args.host, args.port, args.threads, max_tokens_cap=args.max_tokens_cap,
           max_prompt_tokens=args.max_prompt_tokens, max_n=args.max_n, max_batch=args.max_batch,
@@ -482,6 +485,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as e:  # a bug: one line for the user, the traceback on request
+        if os.environ.get("TEMPERANCE_DEBUG"):
+            raise
+        print(f"temperance: internal error: {type(e).__name__}: {e} (this is a bug; "
+              "TEMPERANCE_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

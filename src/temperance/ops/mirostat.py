@@ -3,8 +3,9 @@
 State: ``mu`` per row (starts at ``2·mirostat_tau``). ``mirostat_tau`` τ (5.0) is the target surprise
 in bits per token, ``mirostat_eta`` η (0.1) the learning rate. Each step truncates with ``mu``, the
 draw picks x, then ``mu ← mu − η·(S − τ)`` with ``S = −log2 q(x)`` under the truncated, renormalised
-distribution (llama.cpp). When on, mirostat replaces truncation: only logit_bias, penalties and
-temperature run before it. (Basu et al. 2021, "Mirostat: A Neural Text Decoding Algorithm that
+distribution (llama.cpp). The update runs in float64 and keeps ``mu`` within ±1e30, so the state
+stays finite whatever the knobs (τ, η ≤ 1e30); the chosen token's logprob must be finite. When on,
+mirostat replaces truncation: only logit_bias, penalties and temperature run before it. (Basu et al. 2021, "Mirostat: A Neural Text Decoding Algorithm that
 Directly Controls Perplexity", ICLR 2021.)
 
 * v1 (``mirostat=1``): estimate the Zipf exponent ŝ from the top m = 100 probabilities
