@@ -303,6 +303,7 @@ def test_fuzz_ops(name, data):
                                        st.lists(st.sampled_from(FLOATS), min_size=B, max_size=B)))
         kw.setdefault("mirostat", data.draw(st.sampled_from([1, 2])))
     before = x.clone()
+    LAST["op"] = (name, x.clone(), kw)
     y = _run(lambda: getattr(ops, name)(x, **kw))
     assert torch.equal(x, before) or _illegal(before)
     if _illegal(x):

@@ -45,7 +45,9 @@ def no_repeat_ngram(logits: Tensor, *, history, no_repeat_ngram_size=0) -> Tenso
     x = logits.clone()
     if is_neutral("no_repeat_ngram_size", no_repeat_ngram_size):
         return x
-    return _no_repeat_ngram_(x, check_history(as_history(history, x.shape[0], x.device), x.shape[1]), no_repeat_ngram_size)
+    x = _no_repeat_ngram_(x, check_history(as_history(history, x.shape[0], x.device), x.shape[1]), no_repeat_ngram_size)
+    check_not_empty(x, "no_repeat_ngram banned every token")  # (as the chain's stage: an error)
+    return x
 
 
 def _stage_(x: Tensor, batch) -> Tensor:
