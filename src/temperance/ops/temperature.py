@@ -41,11 +41,15 @@ from ..stage import Knob, Stage
 from ._common import LIMIT, NEG_INF, check_logits, col, fit, is_neutral, knob
 
 GREEDY_BELOW = 1e-5  # a temperature below this is greedy (T == 0)
+_FLOOR32 = float(torch.tensor(GREEDY_BELOW, dtype=torch.float32))
 
 
 def is_greedy(temperature):
-    """``temperature < GREEDY_BELOW`` (a bool for a float, a bool tensor for a tensor)."""
-    return temperature < GREEDY_BELOW
+    """``temperature < 1e-5`` (a bool for a float, a bool tensor for a tensor), decided on the
+    float32 value, as a batch's per-row knob holds it: the stage and the draw always agree."""
+    if isinstance(temperature, Tensor):
+        return temperature.float() < _FLOOR32
+    return float(torch.tensor(float(temperature), dtype=torch.float64).float()) < _FLOOR32
 
 
 def point_mass_(x: Tensor, rows: Tensor | None = None) -> Tensor:
