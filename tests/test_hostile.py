@@ -211,3 +211,20 @@ def test_greedy_rows_are_untouched_by_dynatemp_and_smoothing():
         assert out[0].tolist() == [2.0, -INF, -INF, -INF], kw  # the point mass on the first maximum
         assert torch.isfinite(out[1]).all(), kw
         assert Chain.for_batch(b).sample(x, b).tokens[0] == 0
+
+
+def test_top_n_sigma_with_overflowing_moments_or_infinite_n():
+    # float32 moments overflow near its range (before: NaN threshold, a crash on the compact path)
+    x = torch.tensor([[3e38, -3e38, 1e38, -INF], [1.0, 1.0, 1.0, 1.0]])
+    for n in (1.0, 4.0, 1e30, 5e245):
+        p = SamplingParams(top_n_sigma=n, seed=0)
+        b = Batch(p, size=2)
+        dense, cand = Chain(p)(x, b), Chain(p).candidates(x, b).dense()
+        assert torch.equal(torch.isfinite(dense), torch.isfinite(cand)), n
+        assert torch.isfinite(dense).any(-1).all() and torch.isfinite(dense[1]).all(), n
+        t = Chain(p).sample(x, b).tokens
+        assert bool(torch.isfinite(dense.gather(1, t.view(-1, 1))).all()), n
+    # n = 1 in float64: 3e38 - 1.0 * sigma keeps the two largest logits only
+    sd = torch.tensor([3e38, -3e38, 1e38], dtype=torch.float64).std(unbiased=False).item()
+    kept = ops.top_n_sigma(x[:1], top_n_sigma=1.0)
+    assert torch.isfinite(kept).tolist() == [[True, False, 3e38 - sd <= 1e38, False]]

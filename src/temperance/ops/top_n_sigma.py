@@ -22,15 +22,28 @@ from ..stage import Knob, Stage
 from ._common import NEG_INF, check_logits, col, is_neutral, knob
 
 
-def threshold(x: Tensor, top_n_sigma) -> Tensor:
-    """The smallest logit top-nσ keeps, ``[B, 1]`` (``-inf`` for rows with n <= 0)."""
-    n = col(top_n_sigma, x)
+def _moments(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean and population variance over the finite entries of each row, in x's dtype."""
     finite = torch.isfinite(x)
     count = finite.sum(-1, keepdim=True).to(x.dtype)
-    xf = torch.where(finite, x, 0.0)
-    mean = xf.sum(-1, keepdim=True) / count
-    var = (torch.where(finite, x - mean, 0.0) ** 2).sum(-1, keepdim=True) / count
+    mean = torch.where(finite, x, 0.0).sum(-1, keepdim=True) / count
+    return mean, (torch.where(finite, x - mean, 0.0) ** 2).sum(-1, keepdim=True) / count
+
+
+def threshold(x: Tensor, top_n_sigma) -> Tensor:
+    """The smallest logit top-nσ keeps, ``[B, 1]`` (``-inf`` for rows with n <= 0).
+
+    Rows whose moments overflow the dtype (logits near its range), or where n·σ is ∞·0, are
+    redone in float64 (σ = 0: every finite logit equals the max, all are kept)."""
+    n = col(top_n_sigma, x)
+    mean, var = _moments(x)
     t = x.amax(-1, keepdim=True) - n * var.sqrt()
+    bad = (~torch.isfinite(mean) | ~torch.isfinite(var) | torch.isnan(t)) & (n > 0)
+    if bool(bad.any()):
+        r = bad.view(-1).nonzero().view(-1)
+        sd = _moments(x[r].double())[1].sqrt()
+        spread = torch.where(sd > 0, col(top_n_sigma, x, torch.float64)[r] * sd, 0.0)
+        t[r] = (x[r].amax(-1, keepdim=True).double() - spread).to(x.dtype)
     return torch.where(n > 0, t, NEG_INF)
 
 
