@@ -228,3 +228,37 @@ def test_top_n_sigma_with_overflowing_moments_or_infinite_n():
     sd = torch.tensor([3e38, -3e38, 1e38], dtype=torch.float64).std(unbiased=False).item()
     kept = ops.top_n_sigma(x[:1], top_n_sigma=1.0)
     assert torch.isfinite(kept).tolist() == [[True, False, 3e38 - sd <= 1e38, False]]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_the_issue_examples_are_errors_or_valid(dtype):
+    """The crashes and created inf/NaN quoted in issue 9 §6, each now an error or a valid result."""
+    x = (torch.randn(2, 50, generator=torch.Generator().manual_seed(0)) * 3).to(dtype)
+    hist = [[1, 2, 3, 1, 2], [4, 4, 4]]
+
+    def valid(y, out=dtype):
+        assert y.dtype == out and not torch.isnan(y).any() and not (y == INF).any()
+        assert torch.isfinite(y).any(-1).all()
+
+    with pytest.raises(TemperanceError, match=r"logit_bias\[41\] must be in"):
+        ops.logit_bias(x, logit_bias={41: 1e39})
+    valid(ops.logit_bias(x, logit_bias={41: 1e30}))
+    with pytest.raises(TemperanceError, match="smoothing_factor must be in"):
+        SamplingParams(smoothing_factor=1e308, top_n_sigma=1.0, tfs_z=0.9, eta_cutoff=0.01)
+    p = SamplingParams(smoothing_factor=1e30, top_n_sigma=1.0, tfs_z=0.9, eta_cutoff=0.01, seed=0)
+    b = Batch(p, history=hist, dry_breakers=[[], []])
+    valid(Chain(p)(x, b), torch.float32)  # (the chain computes in float32)
+    assert int(Chain(p).sample(x, b).tokens.max()) < 50
+    valid(ops.penalties(x, history=hist, repetition_penalty=1e30))
+    valid(ops.penalties(x, history=hist, repetition_penalty=1e-30, frequency_penalty=-1e30))
+    with pytest.raises(TemperanceError, match="frequency_penalty must be in"):
+        ops.penalties(x, history=hist, frequency_penalty=1e39)
+    with pytest.raises(TemperanceError, match="logprob must be finite"):
+        ops.mirostat_update(torch.tensor([10.0]), torch.tensor([-INF]), mirostat_tau=5.0, mirostat_eta=0.0)
+    mu = ops.mirostat_update(torch.tensor([10.0]), torch.tensor([-1e4]), mirostat_tau=1e30, mirostat_eta=1e30)
+    assert torch.isfinite(mu).all()
+    for bad in (None, [5]):
+        with pytest.raises(TemperanceError, match="dry_sequence_breakers"):
+            ops.expand_sequence_breakers(bad, ["a"], lambda s: [0])
+    for T in (1e-6, 1e-5, 1e-3):
+        valid(ops.dynatemp(x * 1e3 if dtype == torch.float16 else x * 1e30, temperature=T, dynatemp_range=T / 2))
