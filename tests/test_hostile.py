@@ -262,3 +262,15 @@ def test_the_issue_examples_are_errors_or_valid(dtype):
             ops.expand_sequence_breakers(bad, ["a"], lambda s: [0])
     for T in (1e-6, 1e-5, 1e-3):
         valid(ops.dynatemp(x * 1e3 if dtype == torch.float16 else x * 1e30, temperature=T, dynatemp_range=T / 2))
+
+
+def test_shaping_kernels_leave_an_all_masked_row_alone():
+    # (a chain never passes one on, but a bug upstream must not turn it into NaN)
+    temp = importlib.import_module("temperance.ops.temperature")
+    row = torch.full((1, 3), -INF)
+    for T in (0.5, 1e-5, 3.0, 0.0, torch.tensor([0.5])):
+        assert torch.equal(temp._temperature_(row.clone(), T), row), T
+    smooth = importlib.import_module("temperance.ops.smoothing")
+    assert torch.equal(smooth._smoothing_(row.clone(), 2.0, 3.0), row)
+    dyn = importlib.import_module("temperance.ops.dynatemp")
+    assert torch.equal(dyn._dynatemp_(row.clone(), 0.5, 0.4, 1.0), row)

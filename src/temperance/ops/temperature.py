@@ -70,7 +70,7 @@ def _divide_(x: Tensor, T: Tensor) -> Tensor:
     over = None
     if bool((T < 1).any()):
         hi = x.amax(-1, keepdim=True).double()
-        over = (hi.abs() / T > fmax).view(-1)
+        over = ((hi.abs() / T > fmax) & torch.isfinite(hi)).view(-1)  # (an empty row stays as is)
         if bool(over.any()):
             idx = over.nonzero().view(-1)
             shifted = fit((x[idx].double() - hi[idx]) / T[idx], x.dtype)
