@@ -121,7 +121,12 @@ def test_chat_and_chat_logprobs(client):
     c = r.choices[0]
     assert c.message.role == "assistant" and c.message.content
     assert len(c.logprobs.content) == r.usage.completion_tokens
-    assert all(len(t.top_logprobs) == 2 for t in c.logprobs.content)
+    # temperature 0 is a point mass: the chosen token (logprob 0) is the only one sampled from
+    assert all(len(t.top_logprobs) == 1 and t.logprob == 0.0 for t in c.logprobs.content)
+    r = client.chat.completions.create(
+        model="smollm2", messages=[{"role": "user", "content": "What is 2+2?"}],
+        max_tokens=4, seed=1, temperature=0.7, logprobs=True, top_logprobs=2)
+    assert all(len(t.top_logprobs) == 2 for t in r.choices[0].logprobs.content)
 
 
 def test_streaming_matches_non_streaming(client):
