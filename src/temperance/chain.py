@@ -25,8 +25,8 @@ batch through ``select(index)``. XTC needs no state: its coin is keyed by the ro
 >>> from temperance import Batch, SamplingParams
 >>> chain = Chain()
 >>> batch = Batch(SamplingParams(top_k=2, temperature=0), size=1)
->>> chain(torch.tensor([[1.0, 3.0, 2.0]]), batch)
-tensor([[-inf, 3., 2.]])
+>>> chain(torch.tensor([[1.0, 3.0, 2.0]]), batch)   # temperature 0: a point mass on the maximum
+tensor([[-inf, 3., -inf]])
 
 Your own stage is a function ``(logits, batch) -> logits`` placed anywhere in the order; it sees
 the dense ``[B, V]`` logits (the chain compacts only after it), may edit them in place, and must
