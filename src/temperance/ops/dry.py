@@ -57,7 +57,7 @@ MAX_CHARS = 40      # characters per breaker string (llama.cpp's cap)
 MAX_TAIL = 20       # tokens after the head token (llama.cpp's cap)
 _SEP = "\x00"
 _CACHE: dict[tuple, tuple[Sequence[str], list[tuple[int, ...]]]] = {}  # most recent last
-_CACHE_SIZE = 32
+_CACHE_SIZE = 8  # (a hostile 64-breaker list expands to ~350k sequences on a 49k vocabulary)
 
 
 def check_breakers(breakers: Any, name: str = "dry_sequence_breakers") -> tuple[str, ...]:
@@ -85,7 +85,8 @@ def expand_sequence_breakers(breakers: Sequence[str], token_texts: Sequence[str]
 
     The vocabulary is searched as one joined string (C-speed substring search), the tails are
     encoded once per distinct remainder, so the cost is linear in vocabulary × breakers; results are
-    cached per (vocabulary list, breaker list).
+    cached per (vocabulary list, breaker list), and a cached result is the same list object (shared
+    by every request that asks for it, so its compiled form is reused too: do not mutate it).
 
     >>> expand_sequence_breakers(["ab"], ["a", "b", "xab", "xa"], lambda s: [1] if s == "b" else [])
     [(0, 1), (2,), (3, 1)]
@@ -95,12 +96,12 @@ def expand_sequence_breakers(breakers: Sequence[str], token_texts: Sequence[str]
     hit = _CACHE.pop(key, None)
     if hit is not None and hit[0] is token_texts:  # the same live list (no id reuse)
         _CACHE[key] = hit
-        return list(hit[1])
+        return hit[1]
     seqs = _expand(breakers, token_texts, encode)
     _CACHE[key] = (token_texts, seqs)
     while len(_CACHE) > _CACHE_SIZE:
         _CACHE.pop(next(iter(_CACHE)))
-    return list(seqs)
+    return seqs
 
 
 def _expand(breakers: tuple[str, ...], texts: Sequence[str], encode) -> list[tuple[int, ...]]:
