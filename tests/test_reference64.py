@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from temperance import Batch, Chain, SamplingParams, ops
+from temperance.states import MirostatState
 
 INF = math.inf
 
@@ -332,12 +333,13 @@ def test_mirostat_steps_against_reference(version):
     params = [SamplingParams(mirostat=version, mirostat_tau=tau, mirostat_eta=eta, temperature=0.9, seed=s)
               for s in range(B)]
     chain, batch = Chain(params[0]), Batch(params)
+    state = MirostatState(batch)
     mu_ref = np.full(B, 2 * tau)
     for s in range(steps):
         x = _lm_like(rng, B, V)
         x[~torch.isfinite(x)] = -40.0
         xt = x.double().numpy() / 0.9
-        dense = chain(x, batch)  # uses the chain's current mu
+        dense = chain(x, batch, state)  # uses the state's current mu
         refs = []
         for i in range(B):
             q = _probs64(xt[i])
@@ -353,13 +355,13 @@ def test_mirostat_steps_against_reference(version):
             refs.append(keep)
             if margin > 1e-4:
                 assert _kept(dense, i) == keep, (s, i)
-        picked = chain.sample(x, batch)
+        picked = chain.sample(x, batch, state=state)
         for i in range(B):
             tok = int(picked.tokens[i])
             assert tok in refs[i]
             q = _probs64(xt[i])
             qk = q[tok] / sum(q[j] for j in refs[i])  # renormalised over the kept set
             mu_ref[i] -= eta * (-math.log2(qk) - tau)
-        np.testing.assert_allclose(chain.mu.double().numpy(), mu_ref, atol=1e-4)
+        np.testing.assert_allclose(state.mu.double().numpy(), mu_ref, atol=1e-4)
         batch = batch.append(picked.tokens)
     assert not np.allclose(mu_ref, 2 * tau)

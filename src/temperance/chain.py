@@ -17,9 +17,10 @@ Two ways to run it, with the same result:
   sampler (top-k, top-p, min-p, top-nσ) has run, every later sampler only looks at the survivors,
   so the chain compacts there and never touches the other ~V entries again. This is the fast path.
 
-``chain.sample(logits, batch)`` = candidates → `pick` → ``accept``. Stateful samplers keep per-row
-state here: mirostat's ``mu`` (updated by ``accept`` from the chosen token's surprise) follows the
-batch through ``select(index)``. XTC needs no state: its coin is keyed by the row's (seed, step).
+``chain.sample(logits, batch, state=...)`` = candidates → `pick` → ``state.accept``. The chain
+holds no per-row state: mirostat's ``mu`` lives in a `states.MirostatState` that the caller owns
+and moves with the batch (``select`` / ``accept`` / ``rollback``); without one, mirostat starts
+from ``mu = 2 · tau``. XTC needs no state: its coin is keyed by the row's (seed, step).
 
 >>> import torch
 >>> from temperance import Batch, SamplingParams
@@ -56,7 +57,7 @@ from .errors import TemperanceError
 from .ops._common import check_history, check_not_empty
 from .ops._topk import chunked_topk
 from .ops.logit_bias import _logit_bias_
-from .ops.mirostat import _mirostat_, mirostat_update
+from .ops.mirostat import _mirostat_
 from .ops.penalties import _penalties_, window
 from .ops.top_k import _top_k_
 from .params import STAGE, SamplingParams, parse_samplers
@@ -73,7 +74,7 @@ class Chain:
         else:
             self.stages_ = _parse_order([samplers] if isinstance(samplers, str) else list(samplers))
         self.names = tuple(s.name for s in self.stages_)
-        self.mu: Tensor | None = None  # mirostat's per-row control value
+        self._state = None  # the MirostatState of the call in progress (None: mu = 2 tau)
         self._buf: Tensor | None = None
 
     @classmethod
@@ -92,16 +93,18 @@ class Chain:
         return f"Chain({str(self)!r})"
 
     # -- running ------------------------------------------------------------------------------
-    def __call__(self, logits: Tensor, batch: Batch) -> Tensor:
+    def __call__(self, logits: Tensor, batch: Batch, state=None) -> Tensor:
         """Processed dense logits ``[B, V]``; the caller's tensor is left untouched."""
+        self._state = state
         self._enter(logits, batch)
         x = logits.to(torch.float32, copy=True)  # returned to the caller: not the reused buffer
         for stage in self._active(batch):
             x = self._apply(stage, x, batch, logits.shape[1])
         return x
 
-    def stages(self, logits: Tensor, batch: Batch) -> list[tuple[str, Tensor]]:
+    def stages(self, logits: Tensor, batch: Batch, state=None) -> list[tuple[str, Tensor]]:
         """The dense logits after each active stage, in order (for inspection and teaching)."""
+        self._state = state
         self._enter(logits, batch)
         x, out = logits.to(torch.float32, copy=True), []
         for stage in self._active(batch):
@@ -109,8 +112,9 @@ class Chain:
             out.append((stage.name, x.clone()))
         return out
 
-    def candidates(self, logits: Tensor, batch: Batch) -> Candidates:
+    def candidates(self, logits: Tensor, batch: Batch, state=None) -> Candidates:
         """The survivors of the chain as `Candidates` (same values as ``__call__``)."""
+        self._state = state
         V = logits.shape[1]
         stages = self._active(batch)
         at = self._compaction_point(stages, batch, V)
@@ -135,28 +139,15 @@ class Chain:
             c.logits = self._apply(stage, c.logits, batch, V)
         return c
 
-    def sample(self, logits: Tensor, batch: Batch, *, raw_logprobs: bool = False,
+    def sample(self, logits: Tensor, batch: Batch, *, state=None, raw_logprobs: bool = False,
                top_n: int = 0) -> Picked:
-        """candidates → pick → accept: one token per row."""
-        c = self.candidates(logits, batch)
+        """candidates → pick → ``state.accept``: one token per row."""
+        c = self.candidates(logits, batch, state)
         picked = pick(c, seed=batch.seed, step=batch.step, greedy=batch.knob("temperature") == 0,
                       raw_logits=logits if raw_logprobs else None, top_n=top_n)
-        self.accept(picked, batch)
+        if state is not None:
+            state.accept(picked, batch)
         return picked
-
-    def accept(self, picked: Picked, batch: Batch) -> None:
-        """Let stateful samplers learn which token won (mirostat's ``mu`` update)."""
-        if "mirostat" in self.names and batch.active("mirostat"):
-            mu = self._mu(batch)
-            new = mirostat_update(mu, picked.logprob, mirostat_tau=batch.knob("mirostat_tau"),
-                                  mirostat_eta=batch.knob("mirostat_eta"))
-            self.mu = torch.where(batch.knob("mirostat") > 0, new, mu)
-
-    def select(self, index: Tensor) -> Chain:
-        """Follow the batch's rows: shrink, reorder or repeat the per-row state (in place)."""
-        if self.mu is not None:
-            self.mu = self.mu[torch.as_tensor(index, dtype=torch.int64, device=self.mu.device)]
-        return self
 
     # -- internals ------------------------------------------------------------------------------
     def _active(self, batch: Batch) -> list[Stage]:
@@ -240,9 +231,12 @@ class Chain:
         return buf.copy_(logits)
 
     def _mu(self, batch: Batch) -> Tensor:
-        if self.mu is None or self.mu.shape[0] != len(batch):
-            self.mu = 2 * batch.knob("mirostat_tau")
-        return self.mu
+        s = self._state
+        if s is None:
+            return 2 * batch.knob("mirostat_tau")
+        if len(s) != len(batch):
+            raise TemperanceError(f"the mirostat state has {len(s)} rows but the batch has {len(batch)}")
+        return s.mu
 
     @staticmethod
     def _compaction_point(stages: list[Stage], batch: Batch, V: int) -> int | None:
