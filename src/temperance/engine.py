@@ -151,11 +151,19 @@ class Row:
                     x[j, cols] = old  # every alternative is banned: accept the phrase
 
     def accept(self, tok: int) -> None:
-        """Count a token (no text, no events): beams and contrastive candidates."""
+        """Count a token and advance the constraint (no text, no events)."""
         self.count += 1
         self.gen.append(tok)
         if self.cons is not None and tok not in self.eos:
             self.cons.accept(tok)
+
+    def follow(self, tok: int) -> None:
+        """Accept a token silently, text included (a beam: its text is told at the end)."""
+        self.accept(tok)
+        if self.detok is not None and tok not in self.eos:
+            delta = self.detok.push(tok)
+            if self.stops is not None:
+                self.stops.push(delta)
 
     def push(self, tok: int, ev: Event) -> list[Event] | int:
         """Accept ``tok``; return the events it releases, or the position to rewind to (bans)."""
@@ -231,6 +239,8 @@ class Engine:
     def add(self, request: Request) -> int:
         """Queue a request (validated here); it joins at the next step. Returns its id."""
         _check_request(request, self)
+        if request.params.seed is None:  # drawn from torch's global RNG: torch.manual_seed repeats it
+            request.params = dataclasses.replace(request.params, seed=int(torch.randint(0, 2**62, ())))
         if request.dry_breakers is None and request.params.active("dry"):
             from .generate import dry_breakers_for
             request.dry_breakers = dry_breakers_for([request.params], self.tokenizer)[0]
@@ -275,9 +285,9 @@ class Engine:
         fed = tokens.clone()                     # what each row is fed next (a rewind changes it)
         rewind: dict[int, int] = {}              # new position -> cache entries to drop
         keep: list[int] = []
-        rows = [self.rows[int(i)] for i in index.tolist()]
+        rows = [self.rows[i] for i in d.rows]
         seen: set[int] = set()
-        for pos, i in enumerate(index.tolist()):  # fork repeated rows
+        for pos, i in enumerate(d.rows):          # fork repeated rows
             if i in seen:
                 rows[pos] = rows[pos].fork()
             seen.add(i)
@@ -295,16 +305,17 @@ class Engine:
                 if row.finished:
                     continue
             elif pos in d.silent:
-                row.accept(int(tokens[pos]))
+                row.follow(int(tokens[pos]))
             if not row.req.done and not row.req.aborted:
                 keep.append(pos)
         events += d.after
-        self.batch = self.batch.select(index).append(tokens)
-        if self.mirostat is not None:
+        identity = d.rows == list(range(len(self.rows)))
+        self.batch = (self.batch if identity else self.batch.select(index)).append(tokens)
+        if self.mirostat is not None and not identity:
             self.mirostat.select(index)
         if rewind:
             self._rewind_batch(rewind)
-        self._move(index, keep, rows)
+        self._move(d.rows, keep, rows)
         if not self.rows:
             self.logits = None
             return events
@@ -334,6 +345,8 @@ class Engine:
             take.append(req)
             if room is not None:
                 room -= w
+        if not take:
+            return
         self.pending = [r for r in self.pending if r not in take]
         prompts = [r.prompt for r in take]
         logits = self.runtime.join(prompts) if self.rows else self.runtime.prefill(prompts)
@@ -367,40 +380,39 @@ class Engine:
         dry = [r.req.dry_breakers or [] for r in new_rows]
         add = Batch(params, history=hist, seed=torch.tensor([p.seed for p in params], dtype=torch.int64),
                     dry_breakers=dry, device=dev)
-        if self.batch is None or not self.rows:
-            self.batch = add
-        else:
-            self.batch = _concat(self.batch, add)
-        if self.batch.active("mirostat") or self.mirostat is not None:
-            new = MirostatState(add)
-            self.mirostat = new if self.mirostat is None or not self.rows else \
-                MirostatState(self.batch, torch.cat([self.mirostat.mu, new.mu]))
+        old = self.batch if self.rows else None
+        self.batch = add if old is None else _concat(old, add)
+        if self.batch.active("mirostat"):
+            mu = MirostatState(add).mu
+            if old is not None:
+                mu = torch.cat([(self.mirostat or MirostatState(old)).mu, mu])
+            self.mirostat = MirostatState(self.batch, mu)
+        elif old is None:
+            self.mirostat = None
         self.rows = self.rows + new_rows
 
     def _leave(self, gone: list[int]) -> None:
+        """Rows ``gone`` (aborted requests) leave the runtime, the batch and the row list."""
         if not gone:
             return
         keep = [i for i in range(len(self.rows)) if i not in set(gone)]
-        index = torch.tensor(keep, dtype=torch.int64, device=self.logits.device)
-        self.batch = self.batch.select(index) if keep else None
-        if self.mirostat is not None:
-            self.mirostat = self.mirostat.select(index) if keep else None
-        self._move(index, list(range(len(keep))), [self.rows[i] for i in keep], select=True)
-        self.logits = self.logits[index] if keep else None
+        k = torch.tensor(keep, dtype=torch.int64, device=self.logits.device)
+        self.logits = self.logits[k] if keep else None
+        self._move(list(range(len(self.rows))), keep, self.rows)
 
-    def _move(self, index: Tensor, keep: list[int], rows: list[Row], select: bool = False) -> None:
-        """The runtime follows ``index[keep]`` (one select); the row list becomes ``rows[keep]``."""
-        full = index[torch.tensor(keep, dtype=torch.int64, device=index.device)] if not select else index
-        if not select:
-            k = torch.tensor(keep, dtype=torch.int64, device=index.device)
-            if len(keep) < len(rows):
-                self.batch = self.batch.select(k) if keep else None
-                if self.mirostat is not None:
-                    self.mirostat = self.mirostat.select(k) if keep else None
-        identity = full.numel() == len(self.rows) and bool(
-            (full == torch.arange(len(self.rows), device=full.device)).all())
-        if not identity:
-            self.runtime.select(full)
+    def _move(self, index: list[int], keep: list[int], rows: list[Row]) -> None:
+        """Keep positions ``keep`` of the new rows ``rows`` (which continue rows ``index``): one
+        `select` of ``index[keep]`` for the runtime; the batch and mirostat state (already on
+        ``rows``) keep ``keep``; requests with no row left are done."""
+        full = [index[i] for i in keep]
+        dev = self.batch.device
+        if len(keep) < len(rows):
+            k = torch.tensor(keep, dtype=torch.int64, device=dev)
+            self.batch = self.batch.select(k) if keep else None
+            if self.mirostat is not None:
+                self.mirostat = self.mirostat.select(k) if keep else None
+        if full != list(range(len(self.rows))):
+            self.runtime.select(torch.tensor(full, dtype=torch.int64, device=dev))
         counted: dict[int, int] = {}
         for i in keep:
             counted[rows[i].req.id] = counted.get(rows[i].req.id, 0) + 1
@@ -528,8 +540,6 @@ def _check_request(req: Request, engine: Engine) -> None:
         raise TemperanceError("a request needs at least one prompt token")
     if not isinstance(req.params, SamplingParams):
         raise TemperanceError(f"params must be a SamplingParams, got {type(req.params).__name__}")
-    if req.params.seed is None:
-        raise TemperanceError("the engine needs a seeded SamplingParams (draw one when the caller gave none)")
     if engine.max_context is not None and len(req.prompt) >= engine.max_context:
         raise TemperanceError(f"prompt has {len(req.prompt)} tokens; the model's max_context is "
                               f"{engine.max_context} (prompt + output)")

@@ -402,6 +402,7 @@ class Decision:
 
     index: Tensor
     tokens: Tensor
+    rows: list = field(default_factory=list)   # ``index`` as a list
     emit: dict = field(default_factory=dict)
     silent: set = field(default_factory=set)
     after: list = field(default_factory=list)
@@ -454,6 +455,7 @@ def decide(engine: Any, x: Tensor) -> Decision:
             for p, t in _contrastive_step(engine, x, req, a, b, d):
                 index.append(p)
                 toks.append(t)
+    d.rows = index
     d.index = torch.tensor(index, dtype=torch.int64, device=dev)
     d.tokens = torch.tensor(toks, dtype=torch.int64, device=dev)
     return d
@@ -699,15 +701,37 @@ def _constraints(words: Sequence[str] | None, tokenizer: Any) -> tuple:
 
 def run_search_from_args(args: argparse.Namespace, runtime: Any, prompts: Sequence[str],
                          params: SamplingParams) -> list[list[str]]:
-    """Run the search the flags ask for; return `[prompt] -> texts` (num_return_sequences each)."""
+    """Run the search the flags ask for; return `[prompt] -> texts` (num_return_sequences each).
+
+    `--stop`, `--min-tokens` and the constraint flags (`--json-schema`, `--regex`, `--grammar`,
+    `--choices`) apply to beams; `-n > 1` and `--ban-phrases` are errors naming both options."""
+    from .mbr import strategy_kwargs
+
     max_tokens = getattr(args, "max_tokens", 64)
     chat = getattr(args, "chat", False)
+    stop = tuple(getattr(args, "stop", None) or ())
+    min_tokens = getattr(args, "min_tokens", 0) or 0
+    name = "--contrastive" if getattr(args, "contrastive", None) is not None else "--beams"
+    if (getattr(args, "n", 1) or 1) > 1:
+        raise TemperanceError(f"-n {args.n} with {name}: use --num-return-sequences for beams "
+                              "(contrastive search is deterministic)")
+    kw = strategy_kwargs(args) if hasattr(args, "json_schema") else {}
+    if "ban_phrases" in kw:
+        raise TemperanceError(f"--ban-phrases with {name}: a rewind cannot follow reordered beams; "
+                              "give one of them")
     if getattr(args, "contrastive", None) is not None:
         if getattr(args, "beams", None) is not None:
             raise TemperanceError("give --beams or --contrastive, not both")
+        if "constraint" in kw:
+            raise TemperanceError("a constraint flag with --contrastive: give one of them")
+        extra = sorted(n for n, f in ACTIVE.items() if f(params) and n != "top_k")
+        if extra:
+            raise TemperanceError(f"--contrastive does not run the sampler chain, but {', '.join(extra)} "
+                                  "is set; only --top-k (its candidates) applies")
         k = getattr(args, "top_k", None) or params.top_k or 4
         return [[h.text] for h in contrastive_search(runtime, prompts, alpha=args.contrastive,
-                                                      top_k=int(k), max_tokens=max_tokens, chat=chat)]
+                                                      top_k=int(k), max_tokens=max_tokens, chat=chat,
+                                                      min_tokens=min_tokens, stop=stop)]
     tokenizer = getattr(runtime, "tokenizer", None)
     words = getattr(args, "force_words", None)
     settings = BeamSettings(
@@ -715,5 +739,6 @@ def run_search_from_args(args: argparse.Namespace, runtime: Any, prompts: Sequen
         num_return_sequences=args.num_return_sequences, groups=args.diverse_groups,
         diversity_penalty=args.diversity_penalty, constraints=_constraints(words, tokenizer),
         sample=bool(getattr(args, "beam_sample", False)))
-    res = beam_search(runtime, prompts, settings, params, max_tokens=max_tokens, chat=chat)
+    res = beam_search(runtime, prompts, settings, params, max_tokens=max_tokens, chat=chat,
+                      min_tokens=min_tokens, stop=stop, constraint=kw.get("constraint"))
     return [[h.text for h in hyps] for hyps in res]

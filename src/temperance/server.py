@@ -443,7 +443,8 @@ def create_app(runtime: Any, config: ServerConfig = ServerConfig()):
         else:
             ids = encode_prompt(body)
         ids = check_prompt_ids(ids + append)
-        return await asyncio.to_thread(_inspect, runtime, worker.lock, texts, ids, params, top, out_texts)
+        with worker.lock:
+            return await asyncio.to_thread(_inspect, runtime, texts, ids, params, top, out_texts)
 
     return app
 
@@ -456,10 +457,15 @@ def _output_texts(tok: Any, runtime: Any) -> list[str]:
     return [("" if i in eos else t) for i, t in enumerate(tok.token_texts())]
 
 
-def _inspect(runtime: Any, lock: threading.Lock, texts: list[str], ids: list[int], params: Any, top: int,
+def _inspect(runtime: Any, texts: list[str], ids: list[int], params: Any, top: int,
              out_texts: list[str] | None = None) -> dict:
-    """The next-token table after each stage; candidates labelled by `texts` (names), the chosen
-    token's `text` from `out_texts` (what it adds to the output: "" for a special token)."""
+    """The next-token distribution after each active stage, and the token generation picks.
+
+    Candidates are labelled by `texts` (names), the chosen token's `text` comes from `out_texts`
+    (what it adds to the output: "" for a special token). The chosen token is `Chain.sample` on
+    the same batch `generate` would build (seed, step 0, history = the prompt), so it is what
+    generation picks first for that seed. The logits come from `runtime.peek` (no cache), so a
+    running batch is not disturbed."""
     import math
 
     import torch
@@ -468,16 +474,13 @@ def _inspect(runtime: Any, lock: threading.Lock, texts: list[str], ids: list[int
     from .chain import Chain
     from .generate import dry_breakers_for
 
-    with lock:
-        logits = runtime.prefill([ids]).float()
-        batch = Batch(params, history=[ids], dry_breakers=dry_breakers_for([params], runtime.tokenizer))
-        chain = Chain(params)
-        stages = [("input", logits)] + chain.stages(logits, batch)
-        g = torch.Generator().manual_seed(params.seed)
-        final = torch.softmax(stages[-1][1][0], -1)
-        chosen = int(torch.argmax(final)) if params.greedy else int(torch.multinomial(final, 1, generator=g))
-        runtime.reset()
-    probs = [torch.softmax(x[0], -1) for _, x in stages]
+    logits = runtime.peek([ids]).float()
+    batch = Batch(params, history=[ids], dry_breakers=dry_breakers_for([params], runtime.tokenizer),
+                  device=logits.device)
+    chain = Chain(params)
+    stages = [("input", logits)] + chain.stages(logits, batch)
+    chosen = int(chain.sample(logits, batch).tokens[0])
+    probs = [torch.softmax(x[0].float(), -1).cpu() for _, x in stages]
     order = torch.sort(probs[0], descending=True, stable=True).indices[:top].tolist()
     for i in torch.sort(probs[-1], descending=True, stable=True).indices[:top].tolist():
         if probs[-1][i] > 0 and i not in order:

@@ -349,6 +349,19 @@ class HFRuntime:
         return self.last_hidden
 
     @torch.no_grad()
+    def peek(self, prompts: list[list[int]]) -> Tensor:
+        """Last-position logits [B, V] float32 of `prompts`, without touching the running batch
+        (no cache is kept: the playground's inspect step runs between engine steps)."""
+        ids, mask = _left_pad(prompts, self.pad_token_id)
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        kw = dict(input_ids=ids, attention_mask=mask, use_cache=False)
+        if self._takes_positions:
+            kw["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)
+        if self._takes_keep:
+            kw["logits_to_keep"] = 1
+        return self.model(**kw).logits[:, -1, :].float()
+
+    @torch.no_grad()
     def context_hidden(self, prompts: list[list[int]]) -> tuple[Tensor, Tensor]:
         """Last-layer hidden states of every position of `prompts`, left-padded, without touching
         the running batch: ([B, T, H] float32, bool mask [B, T])."""
