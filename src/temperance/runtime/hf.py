@@ -283,8 +283,7 @@ class HFRuntime:
         self._next_pos = self._next_pos.index_select(0, index)
         if self.last_hidden is not None:
             self.last_hidden = self.last_hidden.index_select(0, index)
-        # TODO(runtime): when rows finish, the left columns that are padding in every remaining
-        # row could be trimmed from the cache and mask to save attention work.
+        self._trim()
 
     # -- the engine's methods: rows join and rewind while the batch runs ------------------------------
 
@@ -311,6 +310,7 @@ class HFRuntime:
         self._next_pos = torch.cat([old_pos, self._next_pos])
         if old_hidden is not None and self.last_hidden is not None:
             self.last_hidden = torch.cat([old_hidden, self.last_hidden])
+        self._trim()
         return logits
 
     @torch.no_grad()
@@ -341,6 +341,26 @@ class HFRuntime:
                 idx = src[:, None, :, None].expand(-1, part.shape[1], -1, part.shape[3])
                 t[rows] = part.gather(2, idx)
         self._next_pos[rows] -= d
+        self._trim()
+
+    def _trim(self) -> None:
+        """Drop the left columns that are padding in every row (rows that left, rewinds, joins),
+        so attention never works on them. Only full-attention caches (else: kept as they are)."""
+        if self._mask is None or self._mask.shape[0] == 0:
+            return
+        c = int(self._mask.any(0).int().argmax()) if bool(self._mask.any()) else 0
+        if c == 0:
+            return
+        try:
+            layers = _layers(self._cache)
+        except TypeError:
+            return
+        if isinstance(self._cache, tuple):
+            self._cache = tuple(tuple(t[:, :, c:] for t in layer) for layer in layers)
+        else:
+            for layer in self._cache.layers:
+                layer.keys, layer.values = layer.keys[:, :, c:], layer.values[:, :, c:]
+        self._mask = self._mask[:, c:]
 
     def hidden(self) -> Tensor:
         """[B, H] the last layer's hidden state at each row's last fed position (needs keep_hidden)."""
