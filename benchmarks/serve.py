@@ -249,7 +249,7 @@ async def hol(base):
     return {"idle_s": idle, "during_long_s": busy, "ratio": busy / idle, "long_s": long_s}
 
 
-def server_parts(src: str, label: str, parts: set, requests: int, tokens: int) -> dict:
+def server_parts(src: str, label: str, parts: set, requests: int, tokens: int, levels: list[int]) -> dict:
     srv = Server(src)
     out: dict = {"server": label}
     try:
@@ -258,7 +258,7 @@ def server_parts(src: str, label: str, parts: set, requests: int, tokens: int) -
             out["hol"] = asyncio.run(hol(srv.base))
         if "load" in parts:
             out["load"] = [asyncio.run(level(srv.base, c, max(requests // 8, 2) if c == 1 else requests, tokens))
-                           for c in (1, 8, 32)]
+                           for c in levels]
     finally:
         srv.close()
     return out
@@ -287,6 +287,7 @@ def main():
     ap.add_argument("--requests", type=int, default=32, help="requests per load level (1 client: 1/8 of it)")
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--baseline", default=None, metavar="SRC", help="also run hol/load on this src dir")
+    ap.add_argument("--levels", default="1,8,32", help="load: concurrent clients per level")
     args = ap.parse_args()
     parts = set(args.parts.split(","))
     print(f"load before: {os.getloadavg()}")
@@ -300,7 +301,8 @@ def main():
         runs = [(here, "engine")] + ([(args.baseline, "baseline " + args.baseline)] if args.baseline else [])
         res["servers"] = []
         for src, label in runs:
-            r = server_parts(src, label, parts, args.requests, args.tokens)
+            r = server_parts(src, label, parts, args.requests, args.tokens,
+                             [int(c) for c in args.levels.split(",")])
             print_server(r)
             res["servers"].append(r)
     print(f"\nload after: {os.getloadavg()}")

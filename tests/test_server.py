@@ -177,6 +177,8 @@ BAD = [
     ("two constraints", {"prompt": "hi", "grammar": "root ::= \"a\"", "json_schema": {}}, 400, "not both"),
     ("bias bans all", {"prompt": "hi", "stream": True, "logit_bias": {str(i): False for i in range(49152)}},
      400, "bans every token"),
+    ("huge smoothing", {"prompt": "hi", "smoothing_factor": 1e308}, 400, "smoothing_factor"),
+    ("huge bias", {"prompt": "hi", "logit_bias": {"5": 1e308}}, 400, "logit_bias"),
     ("lone surrogate", b'{"prompt": "\\ud800 hi"}', 400, "not valid Unicode"),
     ("deep nesting", b'{"prompt": ' + b"[" * 60000 + b"]" * 60000 + b"}", 400, "nested too deeply"),
     ("several MB", {"prompt": "x" * (3 << 20)}, 413, "limit"),

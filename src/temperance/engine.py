@@ -38,12 +38,30 @@ may reorder the beams), so it yields its returned hypotheses, token by token, wh
 ``sample`` is the hypothesis' rank.
 
 Device: every tensor the engine makes follows the logits' device; `Batch` is built on it.
+
+Tiny example (random weights, token-id prompts): a request joins while another runs.
+
+>>> import torch
+>>> from transformers import LlamaConfig, LlamaForCausalLM
+>>> from temperance.runtime.hf import HFRuntime
+>>> _ = torch.manual_seed(0)
+>>> cfg = LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+...                   num_attention_heads=2, num_key_value_heads=1, eos_token_id=None)
+>>> eng = Engine(HFRuntime(LlamaForCausalLM(cfg)))
+>>> a = eng.add(Request([1, 2, 3], SamplingParams(temperature=0), max_tokens=3))
+>>> [e.request for e in eng.step()]
+[0]
+>>> b = eng.add(Request([4, 5], SamplingParams(temperature=0), n=2, max_tokens=2))
+>>> [(e.request, e.sample) for e in eng.step()], len(eng.rows)      # b joined: 1 + 2 rows
+([(0, 0), (1, 0), (1, 1)], 3)
+>>> [(e.request, e.finish_reason) for e in eng.step()], eng.has_work()
+([(0, 'length'), (1, 'length'), (1, 'length')], False)
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
@@ -53,7 +71,7 @@ from .batch import Batch
 from .chain import Chain
 from .detok import Detokenizer
 from .errors import TemperanceError
-from .params import ACTIVE, SamplingParams
+from .params import SamplingParams
 from .states import MirostatState
 from .stopping import StopStrings
 
@@ -279,35 +297,9 @@ class Engine:
             b = torch.tensor(beams, dtype=torch.int64, device=x.device)
             x[b] = torch.log_softmax(x[b].float(), dim=-1)
         self._mask(x, eos_cols)
-        events: list[Event] = []
         d = decide(self, x)                      # index [B'] and tokens [B'] for the next batch
         index, tokens = d.index, d.tokens
-        fed = tokens.clone()                     # what each row is fed next (a rewind changes it)
-        rewind: dict[int, int] = {}              # new position -> cache entries to drop
-        keep: list[int] = []
-        rows = [self.rows[i] for i in d.rows]
-        seen: set[int] = set()
-        for pos, i in enumerate(d.rows):          # fork repeated rows
-            if i in seen:
-                rows[pos] = rows[pos].fork()
-            seen.add(i)
-        for pos, row in enumerate(rows):
-            out = d.emit.get(pos)
-            if out is not None:
-                tok, ev = out
-                res = row.push(tok, ev)
-                if isinstance(res, int):
-                    rewind[pos] = row.rollback(res)
-                    fed[pos] = row.gen[-1] if row.gen else row.req.prompt[-1]
-                    keep.append(pos)
-                    continue
-                events.extend(res)
-                if row.finished:
-                    continue
-            elif pos in d.silent:
-                row.follow(int(tokens[pos]))
-            if not row.req.done and not row.req.aborted:
-                keep.append(pos)
+        events, rows, keep, fed, rewind = self._accept(d)
         events += d.after
         identity = d.rows == list(range(len(self.rows)))
         self.batch = (self.batch if identity else self.batch.select(index)).append(tokens)
@@ -324,13 +316,45 @@ class Engine:
             self.logits = self.runtime.prefill([r.req.prompt + r.gen for r in self.rows])
         else:
             if rewind:
-                drop = torch.zeros(len(self.rows), dtype=torch.int64)
+                drop = torch.zeros(len(self.rows), dtype=torch.int64, device=fed.device)
                 for new, old in enumerate(keep):
                     drop[new] = rewind.get(old, 0)
                 self.runtime.truncate(drop)
             self.logits = self.runtime.decode(tokens)
         self.steps += 1
         return events
+
+    def _accept(self, d) -> tuple[list[Event], list[Row], list[int], Tensor, dict[int, int]]:
+        """Fork repeated rows, then let each new row take its token: the events, the new rows,
+        the positions that stay, what each row is fed next, and the rewinds (position → cache
+        entries to drop)."""
+        fed = d.tokens.clone()                   # what each row is fed next (a rewind changes it)
+        rewind: dict[int, int] = {}
+        events: list[Event] = []
+        keep: list[int] = []
+        rows = [self.rows[i] for i in d.rows]
+        seen: set[int] = set()
+        for pos, i in enumerate(d.rows):          # fork repeated rows
+            if i in seen:
+                rows[pos] = rows[pos].fork()
+            seen.add(i)
+        for pos, row in enumerate(rows):
+            out = d.emit.get(pos)
+            if out is not None:
+                res = row.push(*out)
+                if isinstance(res, int):          # a phrase ban hit: rewind, feed the last kept token
+                    rewind[pos] = row.rollback(res)
+                    fed[pos] = row.gen[-1] if row.gen else row.req.prompt[-1]
+                    keep.append(pos)
+                    continue
+                events.extend(res)
+                if row.finished:
+                    continue
+            elif pos in d.silent:
+                row.follow(int(d.tokens[pos]))
+            if not row.req.done and not row.req.aborted:
+                keep.append(pos)
+        return events, rows, keep, fed, rewind
 
     # -- rows joining and leaving -----------------------------------------------------------------
     def _admit(self) -> None:

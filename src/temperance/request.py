@@ -71,6 +71,17 @@ def _int(name: str, v: Any, lo: int, hi: int | None = None) -> int:
     return v
 
 
+_F32_MAX = 3.4028234663852886e38
+
+
+def _float32(name: str, v: Any) -> None:
+    """Knobs run in float32: a finite value beyond its range (1e308) would overflow there."""
+    vals = v.values() if isinstance(v, Mapping) else [v]
+    for x in vals:
+        if isinstance(x, float) and x == x and abs(x) != float("inf") and abs(x) > _F32_MAX:
+            raise TemperanceError(f"{name} must be within float32's range (|value| <= 3.4e38), got {x!r}")
+
+
 def params_from_request(body: Mapping[str, Any], *, defaults: GenOptions = GenOptions()
                         ) -> tuple[SamplingParams, GenOptions]:
     """Validate one request body; return `(SamplingParams, GenOptions)`. Raises TemperanceError."""
@@ -100,6 +111,7 @@ def params_from_request(body: Mapping[str, Any], *, defaults: GenOptions = GenOp
             msg = str(e)
             raise TemperanceError(name + msg[len(field):] if msg.startswith(field) else msg) from None
         sent_as[field] = name
+        _float32(name, kw[field])
     samplers, preset = body.get("samplers"), body.get("preset")
     if samplers is not None and preset is not None:
         raise TemperanceError("give samplers or preset, not both")

@@ -516,8 +516,9 @@ def _finish(engine: Any, req: Any, u: _Unit, off: int, res, chosen: dict) -> Non
             r = rows[off + p]
             delta = r.detok.copy().push(t) if r.detok is not None else ""
             return r.stops.copy().push(delta)[1]
-    u.update(scores, tokens.to(u.running.device), parents.to(u.running.device), step, step >= limit,
-             set(engine.eos), limit, ended)
+    dev = u.running.device  # (the banked step builds its candidates on the host)
+    u.update(scores.to(dev), tokens.to(dev), parents.to(dev), step, step >= limit, set(engine.eos), limit,
+             ended)
     prev = chosen.get(req.id)
     chosen[req.id] = u.tokens if prev is None else torch.cat([prev, u.tokens])
 
