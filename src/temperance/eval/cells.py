@@ -130,10 +130,6 @@ def execute(job: dict) -> list[tuple[str, dict]]:
                                     base_seed=spec["base_seed"], embeddings=job.get("embeddings", True),
                                     keep_samples=job.get("keep_samples"))
         return [(cell["id"], {**cell, "prompts": prompts, "seconds": time.perf_counter() - t0})]
-    if job["kind"] == "calm":
-        from .calm import run_calm_job
-
-        return run_calm_job(rt, job)
     raise TemperanceError(f"unknown job kind {job['kind']!r}")
 
 

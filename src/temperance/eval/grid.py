@@ -203,8 +203,8 @@ def expand(bodies: Iterable[Mapping[str, Any]], temperatures: Sequence[float] = 
             raise TemperanceError("a configuration may not set seed: the harness seeds every "
                                   "(prompt, sample) itself, the same in every configuration (--seeds)")
         own = [k for k in _TEMPERATURE_NAMES if k in body]
-        if "samplers" in body and isinstance(body["samplers"], str):
-            body["samplers"] = list(ORDER_NAMES.get(body["samplers"], (body["samplers"],)))
+        if isinstance(body.get("samplers"), str) and body["samplers"] in ORDER_NAMES:
+            body["samplers"] = list(ORDER_NAMES[body["samplers"]])
         if "samplers" not in body and "preset" not in body:
             body["samplers"] = list(order)
         for T in ([body[own[0]]] if own else temps):

@@ -110,47 +110,58 @@ def _histories(windows: Sequence[Sequence[int]]) -> Tensor:
     return torch.cat(rows)
 
 
-def _dist(logits: Tensor, params: SamplingParams, batch: Batch) -> tuple[Tensor, Tensor]:
-    """``(q, ids)``: the configuration's distribution over its candidates ``[B, K]``."""
+def _dist(logits: Tensor, params: SamplingParams, batch: Batch) -> tuple[Tensor, Tensor, Tensor]:
+    """``(q, ids, kept)``: the configuration's distribution over its candidates ``[B, K]``.
+
+    ``kept`` says which candidates survived (finite logits): a kept token whose probability
+    underflows to 0 in floating point is still kept, and is not a miss."""
     c = Chain(params).candidates(logits, batch)
-    if params.temperature == 0:  # greedy: the point mass on the first maximum
-        q = torch.zeros_like(c.logits)
-        q.scatter_(1, c.logits.argmax(-1, keepdim=True), 1.0)
-        return q, c.ids
-    return torch.softmax(c.logits.double(), -1), c.ids
+    if params.temperature == 0:  # greedy: the point mass on the first maximum (lowest id)
+        pos = c.logits.argmax(-1, keepdim=True)
+        one = torch.ones(pos.shape, dtype=torch.float32)
+        return one, c.ids.gather(1, pos), one.bool()
+    return torch.softmax(c.logits, -1), c.ids, torch.isfinite(c.logits)
 
 
-def _xtc_dist(logits: Tensor, params: SamplingParams, batch_of: Callable) -> tuple[Tensor, Tensor]:
+def _xtc_dist(logits: Tensor, params: SamplingParams, batch_of: Callable) -> tuple[Tensor, Tensor, Tensor]:
     """XTC's exact mixture, dense over the vocabulary."""
     p = params.xtc_probability
-    out = 0
+    B, V = logits.shape
+    out = torch.zeros(B, V + 1, dtype=torch.float64)
+    kept = torch.zeros(B, V + 1, dtype=torch.bool)
     for prob, w in ((0.0, 1 - p), (1.0, p)):
+        sub = dataclasses.replace(params, xtc_probability=prob)
+        q, ids, k = _dist(logits, sub, batch_of(sub))
         if w == 0:
             continue
-        sub = dataclasses.replace(params, xtc_probability=prob)
-        q, ids = _dist(logits, sub, batch_of(sub))
-        dense = torch.zeros(logits.shape[0], logits.shape[1] + 1, dtype=torch.float64)
-        dense.scatter_(1, ids, q)
-        out = out + w * dense[:, :-1]
-    V = logits.shape[1]
-    return out, torch.arange(V).expand(logits.shape[0], V)
+        cols = torch.where(k, ids, V)          # removed and padding entries land in column V
+        out.scatter_add_(1, cols, w * q.double() * k)
+        kept.scatter_(1, cols, True)
+    return out[:, :V].float(), torch.arange(V).expand(B, V), kept[:, :V]
 
 
-def _stats(q: Tensor, ids: Tensor, y: Tensor) -> dict[str, Tensor]:
-    qy = (q * (ids == y.view(-1, 1))).sum(-1)
-    coll = (q * q).sum(-1)
-    kept = q > 0
-    ent = -torch.where(kept, q * torch.log(q.clamp(min=1e-300)), 0.0).sum(-1) / LN2
-    return {"accuracy": qy, "collision": coll, "brier": 2 * qy - coll, "miss": (qy <= 0).double(),
-            "kept_size": kept.sum(-1).double(), "entropy": ent, "_kept": kept}
+def _stats(q: Tensor, ids: Tensor, kept: Tensor, y: Tensor) -> dict[str, Tensor]:
+    q = torch.where(kept, q, 0.0)
+    if ids.stride(0) == 0:  # the whole vocabulary (ids = arange): y is its own position
+        pos = y.view(-1, 1)
+        hit = kept.gather(1, pos)
+    else:
+        pos = torch.searchsorted(ids, y.view(-1, 1)).clamp(max=ids.shape[1] - 1)
+        hit = (ids.gather(1, pos) == y.view(-1, 1)) & kept.gather(1, pos)
+    qy = torch.where(hit, q.gather(1, pos), 0.0).view(-1).double()
+    coll = (q * q).sum(-1).double()
+    ent = (-torch.where(q > 0, q * torch.log(q.clamp(min=1e-38)), 0.0).sum(-1) / LN2).double()
+    return {"accuracy": qy, "collision": coll, "brier": 2 * qy - coll, "miss": (~hit.view(-1)).double(),
+            "kept_size": kept.sum(-1).double(), "entropy": ent}
 
 
 def score_block(logits: Tensor, y: Tensor, params: SamplingParams, history: Tensor | None = None,
                 breakers: Sequence | None = None) -> dict[str, Tensor]:
-    """Per-row statistics ``[B]`` of one configuration on a block of positions (not mirostat)."""
+    """Per-row statistics ``[B]`` of one configuration on a block of positions (not mirostat);
+    also ``_mask``, the kept set as a dense ``[B, V]`` bool (for fingerprints)."""
     if params.mirostat:
         raise TemperanceError("mirostat is stateful: score it along a window with score_config")
-    B = logits.shape[0]
+    B, V = logits.shape
     needs = any(params.active(n) for n in _HISTORY)
 
     def batch_of(p: SamplingParams) -> Batch:
@@ -158,20 +169,24 @@ def score_block(logits: Tensor, y: Tensor, params: SamplingParams, history: Tens
                      dry_breakers=[breakers] * B if needs and breakers is not None else None)
 
     if params.active("xtc") and 0 < params.xtc_probability < 1:
-        q, ids = _xtc_dist(logits, params, batch_of)
+        q, ids, kept = _xtc_dist(logits, params, batch_of)
     else:
-        if params.active("xtc"):  # probability 1: always on, same as the chain (coin always wins)
+        if params.active("xtc"):  # probability 1: always on (the coin always acts)
             params = dataclasses.replace(params, xtc_probability=1.0)
-        q, ids = _dist(logits, params, batch_of(params))
-    out = _stats(q, ids, y)
-    out["_ids"] = ids
+        q, ids, kept = _dist(logits, params, batch_of(params))
+    out = _stats(q, ids, kept, y)
+    if ids.shape[1] == V and ids.stride(0) == 0:
+        out["_mask"] = kept
+    else:
+        mask = torch.zeros(B, V + 1, dtype=torch.bool)
+        mask.scatter_(1, torch.where(kept, ids, V), True)
+        out["_mask"] = mask[:, :V]
     return out
 
 
-def _fingerprint_rows(kept: Tensor, ids: Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """Per row: the count and the (ascending) kept ids, as numpy arrays (row-major)."""
-    m = kept.numpy()
-    return m.sum(1).astype(np.int64), ids.numpy()[m].astype(np.int64)
+def _packed(mask: Tensor) -> np.ndarray:
+    """The kept set of each row as packed bits ``[B, ceil(V / 8)]`` (what fingerprints hash)."""
+    return np.packbits(mask.numpy(), axis=1)
 
 
 def score_config(params: SamplingParams, logits: Tensor, windows: Sequence[Sequence[int]],
@@ -189,32 +204,27 @@ def score_config(params: SamplingParams, logits: Tensor, windows: Sequence[Seque
     needs = any(params.active(n) for n in _HISTORY)
     hist = _histories(windows) if needs else None
     sums = {k: [] for k in SUMS}
-    counts, flat = [], []
+    hashes = [hashlib.sha256() for _ in lens]
+    owner = np.repeat(np.arange(len(lens)), lens)        # window of every row
     for s in range(0, logits.shape[0], block):
         e = min(s + block, logits.shape[0])
         st = score_block(logits[s:e], y[s:e], params, hist[s:e] if hist is not None else None, breakers)
         for k in SUMS:
             sums[k].append(st[k])
-        c, f = _fingerprint_rows(st["_kept"], st["_ids"])
-        counts.append(c)
-        flat.append(f)
-    return _per_window({k: torch.cat(v) for k, v in sums.items()}, np.concatenate(counts),
-                       np.concatenate(flat), lens)
+        bits = _packed(st["_mask"])
+        for w in np.unique(owner[s:e]):
+            hashes[w].update(bits[owner[s:e] == w].tobytes())
+    return _per_window({k: torch.cat(v) for k, v in sums.items()}, hashes, lens)
 
 
-def _per_window(stats: dict[str, Tensor], counts: np.ndarray, flat: np.ndarray, lens: list[int]) -> list[dict]:
-    out, row, pos = [], 0, 0
-    for n in lens:
-        c = counts[row:row + n]
-        k = int(c.sum())
-        h = hashlib.sha256(c.tobytes())
-        h.update(flat[pos:pos + k].tobytes())
+def _per_window(stats: dict[str, Tensor], hashes: list, lens: list[int]) -> list[dict]:
+    out, row = [], 0
+    for n, h in zip(lens, hashes):
         rec = {"n": n, "fingerprint": h.hexdigest()[:24]}
         for name, v in stats.items():
             rec[name] = float(v[row:row + n].sum())
         out.append(rec)
         row += n
-        pos += k
     return out
 
 
@@ -237,20 +247,20 @@ def _score_mirostat(params: SamplingParams, logits: Tensor, windows: Sequence[Se
         chain.mu = mu[live]
         stages = chain.stages(logits[rows], batch)
         before = stages[-2][1] if len(stages) > 1 else logits[rows]
-        q = torch.softmax(stages[-1][1].double(), -1)
+        q = torch.softmax(stages[-1][1], -1)
         y = torch.as_tensor([windows[i][t + 1] for i in live])
         V = q.shape[1]
-        st = _stats(q, torch.arange(V).expand(len(live), V), y)
+        kept = torch.isfinite(stages[-1][1])
+        st = _stats(q.float(), torch.arange(V).expand(len(live), V), kept, y)
         qy = st["accuracy"]
         p_in = torch.log_softmax(before.double(), -1).gather(1, y.view(-1, 1)).view(-1)
         lp = torch.where(qy > 0, torch.log(qy.clamp(min=1e-300)), p_in)
         mu[live] = mirostat_update(mu[live], lp, mirostat_tau=params.mirostat_tau,
                                    mirostat_eta=params.mirostat_eta)
+        bits = _packed(kept)
         for j, i in enumerate(live):
             for k in SUMS:
                 acc[k][i] += st[k][j]
-            kept = st["_kept"][j].nonzero().view(-1).numpy().astype(np.int64)
-            hashes[i].update(np.int64(kept.size).tobytes())
-            hashes[i].update(kept.tobytes())
+            hashes[i].update(bits[j].tobytes())
     return [{"n": lens[i], "fingerprint": hashes[i].hexdigest()[:24],
              **{k: float(acc[k][i]) for k in SUMS}} for i in range(W)]
