@@ -107,13 +107,16 @@ def execute(job: dict) -> list[tuple[str, dict]]:
         logits = torch.cat([forward_logits(rt.model, w) for w in job["windows"]])
         fwd = time.perf_counter() - t0
         out = []
+        store = Store(job["store"]) if job.get("store") else None
         for cell in job["cells"]:
             t1 = time.perf_counter()
             params = SamplingParams.from_dict(cell["spec"]["config"])
             br = dry_breakers_for([params], rt.tokenizer)
             windows = score_config(params, logits, job["windows"], br[0] if br else None)
-            out.append((cell["id"], {**cell, "windows": windows, "seconds": time.perf_counter() - t1,
-                                     "forward_seconds": fwd}))
+            rec = {**cell, "windows": windows, "seconds": time.perf_counter() - t1, "forward_seconds": fwd}
+            if store is not None:  # written as soon as done: a killed run keeps its finished cells
+                store.write(cell["id"], rec)
+            out.append((cell["id"], rec))
         return out
     if job["kind"] == "generate":
         from .data import Item, Task
@@ -163,6 +166,7 @@ def run_jobs(jobs: Sequence[dict], store: Store, *, workers: int = 1, ray: bool 
         return 0
     for j in jobs:
         j["threads"] = threads
+        j["store"] = str(store.dir.parent)
     bar = _Progress(total, label, progress)
     try:
         if ray:

@@ -204,7 +204,8 @@ def cmd_score(args: argparse.Namespace) -> int:
     configs = _configs(args, opts)
     rt = _runtime(args)
     windows = make_windows(rt.tokenizer, heldout_text(opts["text"]), opts["window"], opts["positions"])
-    jobs, total = plan_score(args.model, windows, configs, store=Store(opts["out"]), source=opts["text"])
+    source = opts["text"] if opts["text"] in ("gsm8k", "project") else Path(opts["text"]).name
+    jobs, total = plan_score(args.model, windows, configs, store=Store(opts["out"]), source=source)
     _run(jobs, total, opts, args, "score")
     return _finish(opts, args)
 

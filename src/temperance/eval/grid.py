@@ -234,7 +234,7 @@ def load_grid(path: str) -> dict:
 
     Keys: ``configs`` (a ``--configs`` string, or a list of strings / mappings whose values may be
     lists of alternatives), ``temperatures``, ``samplers``, ``tasks``, ``samples``, ``max_tokens``,
-    ``chat``, ``seeds``, ``model``, ``out``, ``text``, ``positions``, ``window``. Returns the
+    ``chat``, ``seeds``, ``limit``, ``out``, ``text``, ``positions``, ``window``, ``workers``. Returns the
     options dict, with ``configs`` as a list of request bodies.
     """
     try:
@@ -249,7 +249,7 @@ def load_grid(path: str) -> dict:
     if not isinstance(data, dict):
         raise TemperanceError(f"--grid {path}: the file must be a mapping of options")
     known = {"configs", "temperatures", "samplers", "tasks", "samples", "max_tokens", "chat", "seeds",
-             "model", "out", "text", "positions", "window", "workers"}
+             "model", "out", "text", "positions", "window", "workers", "limit"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise TemperanceError(f"--grid {path}: unknown key(s) {', '.join(unknown)}; known: "
