@@ -99,3 +99,21 @@ def test_cell_ids_are_content_hashes():
     with pytest.raises(Exception, match="unknown job kind"):
         cells.register_runtime("x", tiny_runtime())
         cells.execute({"kind": "nope", "model": "x"})
+
+
+def test_judge_nll_is_the_teacher_forced_nll_under_a_second_model():
+    import torch
+
+    from temperance.eval.generate import judge_nll
+
+    rt = tiny_runtime()
+    greedy, = grid.expand([{"temperature": 0}], [])
+    recs = _run(greedy.params, judge=rt)          # the model as its own judge
+    r = recs[0]
+    s = r["samples"][0]
+    assert r["metrics"]["judge_nll"] == pytest.approx(judge_nll(rt, TASK.items[0].prompt, s["text"], True))
+    ctx = rt.tokenizer.apply_chat_template([{"role": "user", "content": "hi"}])
+    cont = rt.tokenizer.encode("ab", add_special_tokens=False)
+    lp = torch.log_softmax(rt.model(input_ids=torch.tensor([ctx + cont])).logits[0].double(), -1)
+    want = -sum(lp[len(ctx) - 1 + i, t].item() for i, t in enumerate(cont)) / len(cont)
+    assert judge_nll(rt, "hi", "ab", True) == pytest.approx(want)

@@ -131,7 +131,8 @@ def execute(job: dict) -> list[tuple[str, dict]]:
                                     samples=spec["samples"], max_tokens=spec["max_tokens"],
                                     chat=spec["chat"], seed_block=spec["seed_block"],
                                     base_seed=spec["base_seed"], embeddings=job.get("embeddings", True),
-                                    keep_samples=job.get("keep_samples"))
+                                    keep_samples=job.get("keep_samples"),
+                                    judge=_runtime(spec["judge"], job.get("threads", 1)) if spec.get("judge") else None)
         return [(cell["id"], {**cell, "prompts": prompts, "seconds": time.perf_counter() - t0})]
     raise TemperanceError(f"unknown job kind {job['kind']!r}")
 

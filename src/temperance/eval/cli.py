@@ -81,6 +81,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     q.add_argument("--seeds", type=int, default=None, help="seed blocks (default 1)")
     q.add_argument("--limit", type=int, default=None, help="first N prompts of each task")
     q.add_argument("--no-embeddings", action="store_true", help="skip the MiniLM diversity metrics")
+    q.add_argument("--judge", default=None, metavar="MODEL",
+                   help="a second model (name or path): each sample's NLL under it (judge_nll)")
     q.set_defaults(func=cmd_generate)
 
     q = sub.add_parser("calm", help="CALM's likelihood-free temperature: accuracy/collision over N vs softmax T")
@@ -224,7 +226,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     jobs, total = plan_generate(args.model, tasks, configs, samples=opts["samples"],
                                 max_tokens=opts["max_tokens"], chat=bool(opts.get("chat")),
                                 seeds=opts["seeds"], base_seed=args.seed or 0, store=Store(opts["out"]),
-                                embeddings=not args.no_embeddings)
+                                embeddings=not args.no_embeddings, judge=args.judge)
     if (opts.get("workers") or 0) == 0 and jobs:
         _runtime(args)
     _run(jobs, total, opts, args, "generate")

@@ -23,7 +23,9 @@ import hashlib
 import math
 from typing import Any, Callable, Sequence
 
-from ..generate import generate
+import torch
+
+from ..generate import encode_prompts, generate
 from ..params import SamplingParams
 from .data import Task
 from .metrics import group_metrics
@@ -42,8 +44,10 @@ def seed_for(base_seed: int, block: int, item_id: str) -> int:
 def run_generate_cell(runtime: Any, task: Task, params: SamplingParams, *, samples: int,
                       max_tokens: int, chat: bool, seed_block: int, base_seed: int = 0,
                       embed: Callable | None = None, embeddings: bool = True,
-                      keep_samples: int | None = None) -> list[dict]:
-    """Generate and score one cell; one record per prompt: its id, metrics and samples."""
+                      keep_samples: int | None = None, judge: Any = None) -> list[dict]:
+    """Generate and score one cell; one record per prompt: its id, metrics and samples.
+
+    ``judge``: a second runtime; each sample's mean per-token NLL under it becomes ``judge_nll``."""
     items = list(task.items)
     per_prompt = [dataclasses.replace(params, seed=seed_for(base_seed, seed_block, it.id)) for it in items]
     texts = [[""] * samples for _ in items]
@@ -64,6 +68,10 @@ def run_generate_cell(runtime: Any, task: Task, params: SamplingParams, *, sampl
         correct = [it.correct(t) for t in texts[i]] if it.verifiable else None
         m = group_metrics(texts[i], correct=correct, nll=nll, embed=embed, embeddings=embeddings)
         m["tokens"] = sum(ntok[i]) / samples
+        if judge is not None:
+            jn = [judge_nll(judge, it.prompt, t, chat) for t in texts[i]]
+            finite = [x for x in jn if math.isfinite(x)]
+            m["judge_nll"] = sum(finite) / len(finite) if finite else math.nan
         keep = samples if keep_samples is None else min(keep_samples, samples)
         out.append({"id": it.id, "prompt": it.prompt, "metrics": m,
                     "samples": [{"text": texts[i][s], "tokens": ntok[i][s], "nll": nll[s],
@@ -71,6 +79,22 @@ def run_generate_cell(runtime: Any, task: Task, params: SamplingParams, *, sampl
                                  **({"correct": correct[s]} if correct is not None else {})}
                                 for s in range(keep)]})
     return out
+
+
+@torch.no_grad()
+def judge_nll(judge: Any, prompt: str, text: str, chat: bool) -> float:
+    """Mean per-token NLL (nats) of `text` after `prompt` under the `judge` runtime's model
+    (its own tokenizer; the chat template when `chat`). NaN for an empty text."""
+    tok = judge.tokenizer
+    ctx = encode_prompts(tok, [prompt], chat=chat)[0]
+    cont = tok.encode(text, add_special_tokens=False) if text else []
+    if not cont:
+        return math.nan
+    ids = torch.as_tensor([ctx + cont], dtype=torch.long)
+    logp = torch.log_softmax(judge.model(input_ids=ids).logits[0, :-1].double(), -1)
+    tgt = ids[0, 1:]
+    lp = logp.gather(1, tgt.view(-1, 1)).view(-1)[len(ctx) - 1:]
+    return float(-lp.mean())
 
 
 def summarize(records: Sequence[dict]) -> dict[str, list[float]]:

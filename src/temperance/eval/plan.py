@@ -59,7 +59,7 @@ def plan_score(model: str, windows: Sequence[Sequence[int]], configs: Sequence[C
 def plan_generate(model: str, tasks: Sequence[Task], configs: Sequence[Config], *, samples: int,
                   max_tokens: int, chat: bool, seeds: int, base_seed: int = 0,
                   store: Store | None = None, embeddings: bool = True,
-                  keep_samples: int | None = None) -> tuple[list[dict], int]:
+                  keep_samples: int | None = None, judge: str | None = None) -> tuple[list[dict], int]:
     """One job per unfinished (task, configuration, seed block) cell; and the grid's cell count."""
     jobs, total = [], 0
     for t in tasks:
@@ -71,6 +71,8 @@ def plan_generate(model: str, tasks: Sequence[Task], configs: Sequence[Config], 
                         "config": config_spec(c), "samples": samples, "max_tokens": max_tokens,
                         "chat": chat, "seed_block": b, "base_seed": base_seed,
                         "embeddings": embeddings, "version": VERSION}
+                if judge:
+                    spec["judge"] = judge
                 total += 1
                 cell = _cell(spec, c, task=t.name, verifiable=t.verifiable)
                 if store is None or not store.has(cell["id"]):

@@ -29,7 +29,7 @@ from .rows import build_rows, write_rows
 
 __all__ = ["build_report"]
 
-TABLE_METRICS = ("accuracy", "brier", "collision", "miss_rate", "kept_size", "entropy", "nll", "distinct_2",
+TABLE_METRICS = ("accuracy", "brier", "collision", "miss_rate", "kept_size", "entropy", "nll", "judge_nll", "distinct_2",
                  "self_bleu", "compression_ratio", "embedding_distance", "similar", "distinct_k",
                  "utility_k", "slop")
 

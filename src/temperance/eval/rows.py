@@ -41,7 +41,7 @@ __all__ = ["build_rows", "prompt_matrix", "row_key", "SCORE_METRICS", "GEN_METRI
            "read_rows"]
 
 SCORE_METRICS = ("accuracy", "collision", "brier", "miss_rate", "kept_size", "entropy")
-GEN_METRICS = ("accuracy", "nll", "distinct_1", "distinct_2", "distinct_3", "distinct_4", "self_bleu",
+GEN_METRICS = ("accuracy", "nll", "judge_nll", "distinct_1", "distinct_2", "distinct_3", "distinct_4", "self_bleu",
                "compression_ratio", "embedding_distance", "similar", "distinct_k", "utility_k", "slop",
                "tokens")
 
