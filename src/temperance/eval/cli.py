@@ -6,6 +6,7 @@
     temperance eval generate --grid grid.yaml          # the same options in a file
     temperance eval calm --out eval-out                # CALM's N sweep against softmax T
     temperance eval report eval-out                    # rebuild the report from the cells alone
+    temperance eval lm-eval --include-path DIR --tasks T --configs "min_p=0.1" --gen-kwargs "temperature=1.5"
     temperance eval score --quick; temperance eval generate --quick   # CI presets (< 5 min each)
 
 Precedence: a flag on the command line, then the ``--grid`` file, then ``--quick``, then the
@@ -24,7 +25,7 @@ from typing import Any
 from ..errors import TemperanceError
 from . import grid as grid_mod
 
-__all__ = ["add_parser", "cmd_score", "cmd_generate", "cmd_report", "cmd_calm", "QUICK"]
+__all__ = ["add_parser", "cmd_score", "cmd_generate", "cmd_report", "cmd_calm", "cmd_lm_eval", "QUICK"]
 
 QUICK = {
     "score": {"configs": grid_mod.QUICK_CONFIGS, "temperatures": "0.1,0.5,1,2,10", "positions": 512,
@@ -95,6 +96,17 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     q.add_argument("--no-report", action="store_true", help="write calm.json only")
     _add_model_flags(q)
     q.set_defaults(func=cmd_calm, threads=1)
+
+    q = sub.add_parser("lm-eval", help="lm-evaluation-harness tasks with temperance's samplers (TemperanceLM)")
+    q.add_argument("--tasks", required=True, help="lm-eval task names, separated by ','")
+    q.add_argument("--include-path", default=None, metavar="DIR", help="folder of local task YAMLs")
+    q.add_argument("--configs", default=None, help="ONE configuration: the base knobs (server names)")
+    q.add_argument("--gen-kwargs", default=None, help="lm-eval's k=v,k=v (override the tasks' and the base)")
+    q.add_argument("--limit", type=float, default=None, help="documents per task (or a fraction)")
+    q.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
+    q.add_argument("--out", default=None, metavar="FILE.json", help="write the results here")
+    _add_model_flags(q)
+    q.set_defaults(func=cmd_lm_eval, threads=1)
 
     q = sub.add_parser("report", help="rebuild rows, figures and report.html from a run folder's cells")
     q.add_argument("out", nargs="?", default="eval-out", help="run folder (default eval-out)")
@@ -247,6 +259,26 @@ def cmd_calm(args: argparse.Namespace) -> int:
           f"-> {Path(opts['out']) / 'calm.json'}")
     print(f"  trend: {res['trend']['verdict']}")
     return _finish(opts, args)
+
+
+def cmd_lm_eval(args: argparse.Namespace) -> int:
+    import json
+
+    from .lmeval import evaluate
+
+    base = grid_mod.parse_configs(args.configs) if args.configs else [{}]
+    if len(base) != 1:
+        raise TemperanceError(f"eval lm-eval takes one configuration in --configs, got {len(base)}")
+    res = evaluate(_runtime(args), [t.strip() for t in args.tasks.split(",") if t.strip()],
+                   include_path=args.include_path, base=base[0], gen_kwargs=args.gen_kwargs, limit=args.limit,
+                   seed=args.seed, chat=args.chat)
+    if res is None:
+        raise TemperanceError("lm-eval returned no results")
+    for task, r in res["results"].items():
+        print(task, {k: (float(v) if hasattr(v, "item") else v) for k, v in r.items() if k not in ("name", "alias")})
+    if args.out:
+        Path(args.out).write_text(json.dumps(res["results"], indent=1, default=float))
+    return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:

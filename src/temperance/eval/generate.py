@@ -95,9 +95,3 @@ def judge_nll(judge: Any, prompt: str, text: str, chat: bool) -> float:
     tgt = ids[0, 1:]
     lp = logp.gather(1, tgt.view(-1, 1)).view(-1)[len(ctx) - 1:]
     return float(-lp.mean())
-
-
-def summarize(records: Sequence[dict]) -> dict[str, list[float]]:
-    """Per-metric lists over prompts (what `stats` resamples)."""
-    keys = sorted({k for r in records for k in r["metrics"]})
-    return {k: [float(r["metrics"].get(k, math.nan)) for r in records] for k in keys}
