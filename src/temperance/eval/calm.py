@@ -123,8 +123,10 @@ def _summaries(acc: np.ndarray, coll: np.ndarray, lens: Sequence[int]) -> dict:
 
 def run_calm(runtime: Any, windows: Sequence[Sequence[int]], *, batches: int = 32, out: str | Path | None = None,
              seed: int = 0, temperatures: Sequence[float] = SOFTMAX_T, calm_t: Sequence[float] = CALM_T,
-             calm_n: Sequence[int] = CALM_N) -> dict:
+             calm_n: Sequence[int] = CALM_N, progress: bool = False) -> dict:
     """The softmax-T curve and CALM's N sweeps on the same positions; writes ``calm.json`` to `out`."""
+    from .cells import _Progress
+
     if batches < 2:
         raise ValueError(f"batches must be >= 2 (the collision estimate pairs distinct batches), got {batches}")
     lens = [len(w) - 1 for w in windows]
@@ -138,11 +140,16 @@ def run_calm(runtime: Any, windows: Sequence[Sequence[int]], *, batches: int = 3
         points.append({"method": "softmax", "T": T, "N": None, **_summaries(a, c, lens)})
     p = torch.softmax(logits, -1).float()
     gen = torch.Generator().manual_seed(seed)
-    for T in calm_t:
-        order = round(1 / T)
-        for N in calm_n:
-            a, c = calm_position_stats(p, y, order, N, batches, gen)
-            points.append({"method": "calm", "T": T, "N": N, **_summaries(a, c, lens)})
+    bar = _Progress(len(calm_t) * len(calm_n), "calm", progress)
+    try:
+        for T in calm_t:
+            order = round(1 / T)
+            for N in calm_n:
+                a, c = calm_position_stats(p, y, order, N, batches, gen)
+                points.append({"method": "calm", "T": T, "N": N, **_summaries(a, c, lens)})
+                bar.advance()
+    finally:
+        bar.stop()
     for pt in points:  # the figure's default pair: the n-gram summary
         pt["accuracy"], pt["collision"] = pt["accuracy_gm"], pt["collision_gm"]
     res = {"points": points, "positions": int(sum(lens)), "windows": len(lens), "batches": batches,

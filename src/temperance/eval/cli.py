@@ -254,7 +254,7 @@ def cmd_calm(args: argparse.Namespace) -> int:
     rt = _runtime(args)
     windows = make_windows(rt.tokenizer, heldout_text(opts["text"]), opts["window"], opts["positions"])
     t0 = time.perf_counter()
-    res = run_calm(rt, windows, batches=opts["batches"], out=opts["out"])
+    res = run_calm(rt, windows, batches=opts["batches"], out=opts["out"], progress=True)
     print(f"temperance eval calm: {len(res['points'])} points in {time.perf_counter() - t0:.0f} s "
           f"-> {Path(opts['out']) / 'calm.json'}")
     print(f"  trend: {res['trend']['verdict']}")

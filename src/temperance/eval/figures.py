@@ -30,6 +30,9 @@ def _plt():
         return None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from cycler import cycler
+
+    plt.rcParams["axes.prop_cycle"] = cycler(color=plt.get_cmap("tab20").colors)  # > 10 lines stay distinct
     return plt
 
 

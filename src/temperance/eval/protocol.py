@@ -151,7 +151,7 @@ def _collapse(rows: Sequence[dict], comps: Sequence[dict]) -> dict:
         return {"verdict": "not measured", "details": f"{task}: the grid lacks one of {list(want.values())}"}
     Tmax = max(hot)
     at = {x["setting"]: x for x in table if x["T"] == Tmax}
-    low = all(at[s]["accuracy"] <= 0.1 * max(base, 1e-9) or at[s]["ci"][0] <= 0.05 for s in ("pure", "top_p=0.9"))
+    low = all(at[s]["accuracy"] <= 0.1 * base for s in ("pure", "top_p=0.9"))      # towards 0
     keep = all(at[s]["share_of_greedy"] >= 0.5 for s in ("min_p=0.1", "top_n_sigma=1"))
     tests = [c for c in comps if c["task"] == task and c["temperature"] == Tmax and
              {c["a"].split(" T=")[0], c["b"].split(" T=")[0]} in
@@ -159,8 +159,8 @@ def _collapse(rows: Sequence[dict], comps: Sequence[dict]) -> dict:
               {"top_n_sigma=1", "pure"})]
     return {"verdict": "reproduced" if low and keep else ("partly reproduced" if low or keep else "not reproduced"),
             "task": task, "greedy": base, "greedy_ci": g[0]["accuracy_ci"], "table": table,
-            "tests": tests, "details": f"at T={Tmax:g}: pure/top-p near 0: {low}; min-p/top-nσ keep >= 50% "
-                                       f"of greedy ({base:.3f}): {keep}"}
+            "tests": tests, "details": f"at T={Tmax:g}: pure and top-p at most 10% of greedy ({base:.3f}): {low}; "
+                                       f"min-p and top-nσ at least 50% of greedy: {keep}"}
 
 
 def _invariance(rows: Sequence[dict]) -> dict:
