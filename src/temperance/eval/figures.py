@@ -201,21 +201,22 @@ def miss_vs_entropy(rows: Sequence[dict], out: Path, plt) -> str | None:
 def calm(points: dict | None, out: Path, plt) -> str | None:
     if not points or not points.get("points"):
         return None
-    fig, ax = plt.subplots(figsize=(7, 5))
-    soft = sorted((p for p in points["points"] if p["method"] == "softmax"), key=lambda p: p["T"])
-    if soft:
-        ax.plot([p["collision"] for p in soft], [p["accuracy"] for p in soft], "k-o", ms=4, label="softmax T")
-        for p in soft:
-            ax.annotate(f"{p['T']:g}", (p["collision"], p["accuracy"]), fontsize=6)
-    for T in sorted({p["T"] for p in points["points"] if p["method"] == "calm"}):
-        cs = sorted((p for p in points["points"] if p["method"] == "calm" and p["T"] == T), key=lambda p: p["N"])
-        ax.plot([p["collision"] for p in cs], [p["accuracy"] for p in cs], marker="s", ms=4,
-                label=f"CALM batch, T = 1/{round(1 / T)}")
-        for p in cs:
-            ax.annotate(f"N={p['N']}", (p["collision"], p["accuracy"]), fontsize=6)
-    ax.set(title=f"CALM accuracy vs collision ({points.get('summary', 'n-gram geometric mean')})",
-           xlabel="collision rate", ylabel="accuracy")
-    ax.legend(fontsize=7)
+    panels = (("n1", "n = 1 (exact)"), ("gm", "geometric mean n = 1..4 (collision along the reference)"))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+    for ax, (key, title) in zip(axes, panels):
+        a, c = f"accuracy_{key}", f"collision_{key}"
+        soft = sorted((p for p in points["points"] if p["method"] == "softmax"), key=lambda p: p["T"])
+        if soft:
+            ax.plot([p[c] for p in soft], [p[a] for p in soft], "k-o", ms=4, label="softmax T")
+            for p in soft:
+                ax.annotate(f"T={p['T']:.2g}", (p[c], p[a]), fontsize=6)
+        for T in sorted({p["T"] for p in points["points"] if p["method"] == "calm"}):
+            cs = sorted((p for p in points["points"] if p["method"] == "calm" and p["T"] == T), key=lambda p: p["N"])
+            ax.plot([p[c] for p in cs], [p[a] for p in cs], marker="s", ms=4, label=f"CALM batch, T = 1/{round(1 / T)}")
+            for p in cs:
+                ax.annotate(f"N={p['N']}", (p[c], p[a]), fontsize=6)
+        ax.set(title=f"CALM accuracy vs collision: {title}", xlabel="collision rate", ylabel="accuracy")
+        ax.legend(fontsize=7)
     return _save(fig, out, "calm.png")
 
 
