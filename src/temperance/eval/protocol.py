@@ -3,7 +3,8 @@
 - `comparisons`: on every verifiable task, at every temperature, each pair of settings run at
   that temperature is compared on accuracy with a paired bootstrap over prompts (the
   configurations share seeds per (prompt, sample)); on score, the same on the Brier score over
-  windows. All p-values of a run form one family and are Holm-adjusted together.
+  windows. The p-values of one task (every temperature and pair) form one family and are
+  Holm-adjusted together.
 - `best_of_n_curves`: per task and sampler family, the critique's Best-of-N budget curve over the
   family's configurations (its temperatures x knob values), with prompt-bootstrap intervals;
   greedy (a single configuration) is a reference line, not a curve. `gap` summarises how far
@@ -43,7 +44,7 @@ def _by(rows: Iterable[dict], **eq) -> list[dict]:
 
 
 def comparisons(records: Sequence[dict], rows: Sequence[dict]) -> list[dict]:
-    """Paired tests between settings at equal temperature, Holm-adjusted over the whole run."""
+    """Paired tests between settings at equal temperature, Holm-adjusted within each task."""
     out = []
     for task in sorted({r["task"] for r in rows if r["kind"] == "generate" and r.get("verifiable")}):
         _, mat = prompt_matrix(records, task, "accuracy")
@@ -53,9 +54,10 @@ def comparisons(records: Sequence[dict], rows: Sequence[dict]) -> list[dict]:
         mat = window_matrix(records, "brier")
         for task in sorted({r["task"] for r in score_rows}):
             out += _pairs(_by(score_rows, task=task), mat, task, "brier")
-    adj = stats.holm([c["p"] for c in out])
-    for c, p in zip(out, adj):
-        c["p_holm"] = p
+    for task in {c["task"] for c in out}:  # one family per task (its metric, every T and pair)
+        fam = [c for c in out if c["task"] == task]
+        for c, p in zip(fam, stats.holm([c["p"] for c in fam])):
+            c["p_holm"] = p
     return out
 
 
