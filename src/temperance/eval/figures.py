@@ -32,7 +32,8 @@ def _plt():
     import matplotlib.pyplot as plt
     from cycler import cycler
 
-    plt.rcParams["axes.prop_cycle"] = cycler(color=plt.get_cmap("tab20").colors)  # > 10 lines stay distinct
+    c = plt.get_cmap("tab20").colors  # 20 distinct colours: the dark halves first, then the light ones
+    plt.rcParams["axes.prop_cycle"] = cycler(color=c[::2] + c[1::2])
     return plt
 
 
@@ -201,7 +202,7 @@ def miss_vs_entropy(rows: Sequence[dict], out: Path, plt) -> str | None:
 def calm(points: dict | None, out: Path, plt) -> str | None:
     if not points or not points.get("points"):
         return None
-    panels = (("n1", "n = 1 (exact)"), ("gm", "geometric mean n = 1..4 (collision along the reference)"))
+    panels = (("n1", "n = 1 (exact)"), ("gm", "n = 1..4 geometric mean (approx.)"))
     fig, axes = plt.subplots(1, 2, figsize=(13, 5))
     for ax, (key, title) in zip(axes, panels):
         a, c = f"accuracy_{key}", f"collision_{key}"

@@ -79,6 +79,12 @@ def _f(x: Any, nd: int = 3) -> str:
     return str(x)
 
 
+def _p(p: float) -> str:
+    """A bootstrap p-value: 0 means below the resolution 1/B."""
+    from .stats import B
+    return f"<{1 / B:.4f}" if p == 0 else _f(p)
+
+
 def _trend_lines(name: str, t: dict) -> list[str]:
     lines = [f"### {name}: {t['verdict']}", "", f"Claim: {t['claim']}", "", t.get("details", ""), ""]
     if name == "collapse" and "table" in t:
@@ -88,7 +94,7 @@ def _trend_lines(name: str, t: dict) -> list[str]:
                          f" ({_f(r['share_of_greedy'], 2)} of greedy)")
         for c in t.get("tests", []):
             lines.append(f"- paired: {c['a']} − {c['b']}: {_f(c['diff'])} [{_f(c['lo'])}, {_f(c['hi'])}], "
-                         f"p={_f(c['p'])}, Holm p={_f(c['p_holm'])}")
+                         f"p={_p(c['p'])}, Holm p={_p(c['p_holm'])}")
     elif name == "invariance" and "table" in t:
         for r in t["table"] + t.get("contrast", []):
             lines.append(f"- {r['setting']} at T={r['temperatures']}: identical kept sets: {r['identical']}; "
@@ -176,7 +182,7 @@ def _html(title: str, rows, tr: dict, figs: dict, records, comps, gallery: int) 
                           f" — {html.escape(t['claim'])}</p><pre>{html.escape(detail)}</pre>")
     sig = [c for c in comps if c.get("p_holm") is not None and c["p_holm"] < 0.05]
     comp_html = "".join(f"<li>{html.escape(c['task'])} T={c['temperature']:g}: {html.escape(c['a'])} − "
-                        f"{html.escape(c['b'])} = {_f(c['diff'])} [{_f(c['lo'])}, {_f(c['hi'])}], Holm p={_f(c['p_holm'])}</li>"
+                        f"{html.escape(c['b'])} = {_f(c['diff'])} [{_f(c['lo'])}, {_f(c['hi'])}], Holm p={_p(c['p_holm'])}</li>"
                         for c in sig[:60])
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>"
