@@ -133,7 +133,10 @@ def execute(job: dict) -> list[tuple[str, dict]]:
                                     base_seed=spec["base_seed"], embeddings=job.get("embeddings", True),
                                     keep_samples=job.get("keep_samples"),
                                     judge=_runtime(spec["judge"], job.get("threads", 1)) if spec.get("judge") else None)
-        return [(cell["id"], {**cell, "prompts": prompts, "seconds": time.perf_counter() - t0})]
+        rec = {**cell, "prompts": prompts, "seconds": time.perf_counter() - t0}
+        if job.get("store"):
+            Store(job["store"]).write(cell["id"], rec)
+        return [(cell["id"], rec)]
     raise TemperanceError(f"unknown job kind {job['kind']!r}")
 
 
@@ -165,9 +168,11 @@ def run_jobs(jobs: Sequence[dict], store: Store, *, workers: int = 1, ray: bool 
     total = sum(_count(j) for j in jobs)
     if not jobs:
         return 0
+    local = not ray  # local workers write their cells as they finish; Ray's come back to be written
     for j in jobs:
         j["threads"] = threads
-        j["store"] = str(store.dir.parent)
+        if local:
+            j["store"] = str(store.dir.parent)
     bar = _Progress(total, label, progress)
     try:
         if ray:
@@ -178,7 +183,8 @@ def run_jobs(jobs: Sequence[dict], store: Store, *, workers: int = 1, ray: bool 
             results = _process_results(jobs, workers, threads)
         for res in results:
             for cid, rec in res:
-                store.write(cid, rec)
+                if not local:
+                    store.write(cid, rec)
                 bar.advance()
     finally:
         bar.stop()
