@@ -1,0 +1,285 @@
+// Native row kernels for the mass-based truncation samplers (top-p, typical) on CPU float32 rows.
+//
+// Built on first use by temperance/ops/_native.py (g++ -O3, no torch headers; cached under
+// ~/.cache/temperance/native) and called through ctypes. The pure-torch code in ops/_cut.py is the
+// reference: tests check that both give identical kept sets. Nothing here is needed for correctness.
+//
+// A *cut* keeps the shortest prefix of a row, in (key ascending, token id ascending) order, whose
+// probability mass reaches target * z (masses w_i = exp(x_i - max) in float64, z = sum w_i). It is
+// returned as (kstar, q, n): keep every token with key < kstar plus the first q tokens (lowest ids)
+// with key == kstar, n tokens in all.
+//   mode 0 (top-p):   key = -x  (kstar is reported as the logit value t: keep x > t, q ties at t)
+//   mode 1 (typical): key = |x - c| in float64, c = E_p[x] = max + sum(w d) / z
+// One read of the row for max/min, one for the masses and a histogram of the keys (NB bins), then
+// only the bin holding the crossing token is sorted. The row stays in cache between the passes.
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <utility>
+#include <vector>
+
+namespace {
+
+constexpr int NB = 4096;       // histogram bins per row
+constexpr double RCAP = 80.0;  // keys beyond this (nats) share the last bin: their mass is < e^-80
+constexpr int64_t ALL = std::numeric_limits<int64_t>::max() / 4;  // "q": keep every tie
+const float FINF = std::numeric_limits<float>::infinity();
+
+// exp(d) for d <= 0 (or -inf) in float64, branch-free so that loops vectorise. Cody-Waite
+// reduction and a degree-13 Taylor polynomial: relative error ~2e-16. Returns 0 below -708.
+inline double exp_le0(double d) {
+    const double MAGIC = 6755399441055744.0;  // 1.5 * 2^52: adding it rounds to an integer
+    const double dd = d < -708.0 ? -708.0 : d;
+    const double km = dd * 1.4426950408889634 + MAGIC;
+    const double k = km - MAGIC;
+    const double r = (dd - k * 6.93147180369123816490e-01) - k * 1.90821492927058770002e-10;
+    double p = 1.0 / 6227020800.0;
+    p = p * r + 1.0 / 479001600.0;
+    p = p * r + 1.0 / 39916800.0;
+    p = p * r + 1.0 / 3628800.0;
+    p = p * r + 1.0 / 362880.0;
+    p = p * r + 1.0 / 40320.0;
+    p = p * r + 1.0 / 5040.0;
+    p = p * r + 1.0 / 720.0;
+    p = p * r + 1.0 / 120.0;
+    p = p * r + 1.0 / 24.0;
+    p = p * r + 1.0 / 6.0;
+    p = p * r + 0.5;
+    p = p * r + 1.0;
+    p = p * r + 1.0;
+    int64_t kb, mb;
+    std::memcpy(&kb, &km, 8);
+    std::memcpy(&mb, &MAGIC, 8);
+    const int64_t eb = (kb - mb + 1023) << 52;  // 2^k, k in [-1022, 0]
+    double scale;
+    std::memcpy(&scale, &eb, 8);
+    return d < -708.0 ? 0.0 : p * scale;
+}
+
+// Sum in a fixed order with 8 independent accumulators (vectorises; deterministic).
+inline double sum8(const double* w, int64_t n) {
+    double a[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int j = 0; j < 8; ++j) a[j] += w[i + j];
+    double s = ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+    for (; i < n; ++i) s += w[i];
+    return s;
+}
+
+struct Scratch {
+    std::vector<double> w, key;
+    std::vector<int32_t> bin;
+    std::vector<double> hm;
+    std::vector<std::pair<double, int64_t>> band;
+    void size(int64_t V) {
+        if ((int64_t)w.size() < V) { w.resize(V); key.resize(V); bin.resize(V); }
+        hm.assign(2 * NB, 0.0);
+    }
+};
+
+// Max and min finite entry of a row; returns 1 if it holds NaN or +inf. 16 independent lanes, so
+// the loop vectorises without reassociating anything.
+int scan(const float* x, int64_t V, float& hi, float& lo) {
+    constexpr int L = 16;
+    float h[L], l[L];
+    int bad[L];
+    for (int j = 0; j < L; ++j) { h[j] = -FINF; l[j] = FINF; bad[j] = 0; }
+    int64_t i = 0;
+    for (; i + L <= V; i += L)
+        for (int j = 0; j < L; ++j) {
+            const float v = x[i + j];
+            h[j] = v > h[j] ? v : h[j];
+            const float u = v > -FINF ? v : FINF;
+            l[j] = u < l[j] ? u : l[j];
+            bad[j] |= (v != v) | (v == FINF);
+        }
+    for (; i < V; ++i) {
+        const float v = x[i];
+        h[0] = v > h[0] ? v : h[0];
+        const float u = v > -FINF ? v : FINF;
+        l[0] = u < l[0] ? u : l[0];
+        bad[0] |= (v != v) | (v == FINF);
+    }
+    hi = -FINF, lo = FINF;
+    int any = 0;
+    for (int j = 0; j < L; ++j) { hi = std::max(hi, h[j]); lo = std::min(lo, l[j]); any |= bad[j]; }
+    return any;
+}
+
+// Returns 1 for a row with NaN or +inf or no finite entry (the caller uses the reference code).
+int cut_row(const float* x, int64_t V, int mode, double target, Scratch& s, double& kstar,
+            double& center, int64_t& q, int64_t& n) {
+    float hi, lo;
+    if (scan(x, V, hi, lo) || hi == -FINF) return 1;
+    s.size(V);
+    double* w = s.w.data();
+    const double m = hi;
+    for (int64_t i = 0; i < V; ++i) w[i] = exp_le0((double)x[i] - m);
+    const double z = sum8(w, V);
+    double* key = s.key.data();
+    int32_t* bin = s.bin.data();
+    double range;
+    if (mode == 0) {
+        center = m;
+        // bins of hi - x in float32: monotone in x (all that matters), -inf lands in the last
+        range = std::min((double)hi - (double)lo, RCAP);
+        const float sc = range > 0 ? (float)((NB - 1) / range) : 1.0f;
+        for (int64_t i = 0; i < V; ++i)
+            bin[i] = (int32_t)std::min((hi - x[i]) * sc, (float)(NB - 1));
+    } else {
+        for (int64_t i = 0; i < V; ++i) key[i] = w[i] * ((double)x[i] - m);
+        // -inf entries: w = 0 and d = -inf give NaN; they carry no mass, so drop them from the sum
+        for (int64_t i = 0; i < V; ++i) key[i] = w[i] > 0 ? key[i] : 0.0;
+        center = m + sum8(key, V) / z;
+        const double c = center;
+        range = std::min(std::max(m - c, c - (double)lo), m - c + RCAP);
+        const double sc = range > 0 ? (NB - 1) / range : 1.0;
+        for (int64_t i = 0; i < V; ++i) {
+            key[i] = std::fabs((double)x[i] - c);  // +inf for -inf entries: the last bin
+            bin[i] = (int32_t)std::min(key[i] * sc, (double)(NB - 1));
+        }
+    }
+    double* hm = s.hm.data();  // two interleaved histograms: half the store-to-load chains
+    double* h2 = hm + NB;
+    int64_t i2 = 0;
+    for (; i2 + 2 <= V; i2 += 2) {
+        hm[bin[i2]] += w[i2];
+        h2[bin[i2 + 1]] += w[i2 + 1];
+    }
+    if (i2 < V) hm[bin[i2]] += w[i2];
+    for (int b2 = 0; b2 < NB; ++b2) hm[b2] += h2[b2];
+    const double goal = target * z;
+    double acc = 0.0;
+    int b = 0;
+    for (; b < NB; ++b) {
+        // (with goal > 0 the first bin that reaches it holds mass, so it is not empty; with
+        // goal <= 0 (top_p = 0) it is bin 0, which holds the maximum)
+        if (acc + hm[b] >= goal) break;
+        acc += hm[b];
+    }
+    if (b == NB) {  // the target is past the whole row (top_p = 1, or rounding): keep every token
+        int64_t fin = 0;
+        double kmax = 0;
+        for (int64_t i = 0; i < V; ++i) {
+            fin += x[i] > -FINF;
+            if (mode == 1 && x[i] > -FINF) kmax = std::max(kmax, key[i]);
+        }
+        kstar = mode == 0 ? (double)lo : kmax;
+        q = ALL;
+        n = fin;
+        return 0;
+    }
+    int64_t before = 0;  // entries in the bins before b (all finite: -inf sits in the last bin)
+    for (int64_t i = 0; i < V; ++i) before += bin[i] < b;
+    s.band.clear();
+    constexpr int L = 16;
+    for (int64_t i0 = 0; i0 < V; i0 += L) {  // test 16 at a time (vectorised), then look closer
+        const int64_t e = std::min(V, i0 + L);
+        int hit = 0;
+        for (int64_t i = i0; i < e; ++i) hit |= bin[i] == b;
+        if (!hit) continue;
+        for (int64_t i = i0; i < e; ++i)
+            if (bin[i] == b && x[i] > -FINF) s.band.emplace_back(mode == 0 ? -(double)x[i] : key[i], i);
+    }
+    if (s.band.empty()) return 1;  // cannot happen; the reference code decides if it does
+    std::sort(s.band.begin(), s.band.end());  // key ascending, then token id
+    size_t j = 0;
+    for (; j < s.band.size(); ++j) {
+        acc += w[s.band[j].second];
+        if (acc >= goal) break;
+    }
+    if (j == s.band.size()) j = s.band.size() - 1;  // short by rounding only: the whole bin
+    const double kj = s.band[j].first;
+    int64_t ties = 1;
+    while (j >= (size_t)ties && s.band[j - ties].first == kj) ++ties;
+    kstar = mode == 0 ? -kj : kj;
+    const bool more = j + 1 < s.band.size() && s.band[j + 1].first == kj;  // ties left out
+    q = more ? ties : ALL;
+    n = before + (int64_t)j + 1;
+    return 0;
+}
+
+inline bool above(const float* x, int64_t i, int mode, double kstar, double c, bool& tie) {
+    if (mode == 0) {
+        tie = (double)x[i] == kstar;
+        return (double)x[i] > kstar;
+    }
+    const double k = std::fabs((double)x[i] - c);
+    tie = k == kstar;
+    return k < kstar;
+}
+
+}  // namespace
+
+extern "C" {
+
+// Cut every row of x [B, V] (row-major). Per row: target (fraction of the mass; > 1 keeps all),
+// outputs kstar, center, q, n and status (1 = NaN/+inf/empty row, not cut). Returns max n.
+int64_t temperance_cut(const float* x, int64_t B, int64_t V, int mode, const double* target,
+                       double* kstar, double* center, int64_t* q, int64_t* n, int32_t* status) {
+    thread_local Scratch s;  // reused across calls: no page faults on fresh scratch
+    int64_t nmax = 1;
+    for (int64_t r = 0; r < B; ++r) {
+        status[r] = cut_row(x + r * V, V, mode, target[r], s, kstar[r], center[r], q[r], n[r]);
+        if (status[r]) { kstar[r] = center[r] = 0; q[r] = n[r] = 0; }
+        nmax = std::max(nmax, n[r]);
+    }
+    return nmax;
+}
+
+// Dense output: out = x where kept, -inf elsewhere.
+void temperance_cut_dense(const float* x, int64_t B, int64_t V, int mode, const double* kstar,
+                          const double* center, const int64_t* q, float* out) {
+    for (int64_t r = 0; r < B; ++r) {
+        const float* xr = x + r * V;
+        float* o = out + r * V;
+        const double ks = kstar[r], c = center[r];
+        if (mode == 0)  // keep x >= t (vectorises), then drop the ties past the first q
+            for (int64_t i = 0; i < V; ++i) o[i] = (double)xr[i] >= ks ? xr[i] : -FINF;
+        else
+            for (int64_t i = 0; i < V; ++i) o[i] = std::fabs((double)xr[i] - c) <= ks ? xr[i] : -FINF;
+        if (q[r] >= ALL) continue;
+        int64_t ties = 0;
+        for (int64_t i = 0; i < V; ++i) {
+            bool tie;
+            above(xr, i, mode, ks, c, tie);
+            if (tie && ties++ >= q[r]) o[i] = -FINF;
+        }
+    }
+}
+
+// Compacted output: the kept entries of each row, in token-id order, into vals/ids [B, K]
+// (padding: -inf and V).
+void temperance_cut_compact(const float* x, int64_t B, int64_t V, int mode, const double* kstar,
+                            const double* center, const int64_t* q, int64_t K, float* vals,
+                            int64_t* ids) {
+    for (int64_t r = 0; r < B; ++r) {
+        const float* xr = x + r * V;
+        float* vr = vals + r * K;
+        int64_t* ir = ids + r * K;
+        const double ks = kstar[r], c = center[r];
+        int64_t ties = 0, k = 0;
+        if (q[r] >= ALL && mode == 0) {  // branch-free: write every entry, advance on the kept ones
+            for (int64_t i = 0; i < V && k < K; ++i) {
+                vr[k] = xr[i];
+                ir[k] = i;
+                k += (double)xr[i] >= ks;
+            }
+        } else {
+            for (int64_t i = 0; i < V && k < K; ++i) {
+                bool tie;
+                if (above(xr, i, mode, ks, c, tie) || (tie && ties++ < q[r])) {
+                    vr[k] = xr[i];
+                    ir[k++] = i;
+                }
+            }
+        }
+        for (; k < K; ++k) { vr[k] = -FINF; ir[k] = V; }
+    }
+}
+
+}  // extern "C"

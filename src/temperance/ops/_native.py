@@ -1,0 +1,143 @@
+"""Optional native kernels (``_native.cpp``) for the mass-based cuts of top-p and typical on CPU.
+
+The pure-torch code in `temperance.ops._cut` is the reference and is always correct; this module
+only makes CPU float32 rows faster. On first use it compiles ``_native.cpp`` with the system C++
+compiler (no torch headers, about a second) into ``~/.cache/temperance/native`` (or
+``$XDG_CACHE_HOME/temperance/native``), keyed by the source, the flags and the CPU, and loads it with
+ctypes. Nothing is printed: if there is no compiler or the build fails, `lib()` returns None and the
+torch path runs. ``TEMPERANCE_NATIVE=0`` turns it off; `use(False)` does the same in-process (tests
+compare both paths).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+FLAGS = ["-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno"]
+_SRC = Path(__file__).with_name("_native.cpp")
+_lock = threading.Lock()
+_state: dict = {"lib": None, "tried": False, "on": os.environ.get("TEMPERANCE_NATIVE", "1") != "0"}
+
+_P = ctypes.c_void_p
+_I = ctypes.c_int64
+SIGNATURES = {
+    "temperance_cut": (_I, [_P, _I, _I, ctypes.c_int, _P, _P, _P, _P, _P, _P]),
+    "temperance_cut_dense": (None, [_P, _I, _I, ctypes.c_int, _P, _P, _P, _P]),
+    "temperance_cut_compact": (None, [_P, _I, _I, ctypes.c_int, _P, _P, _P, _I, _P, _P]),
+}
+
+
+def _cpu_id() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line for line in f if line.startswith("flags")), platform.processor())
+    except OSError:
+        return platform.processor()
+
+
+def _build() -> ctypes.CDLL | None:
+    cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+    if cxx is None or not _SRC.exists():
+        return None
+    src = _SRC.read_bytes()
+    key = hashlib.sha256(src + " ".join([cxx, *FLAGS, _cpu_id()]).encode()).hexdigest()[:16]
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "temperance" / "native"
+    so = root / f"cut-{key}.so"
+    if not so.exists():
+        root.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=root)
+        os.close(fd)
+        try:
+            done = subprocess.run([cxx, *FLAGS, str(_SRC), "-o", tmp], capture_output=True, timeout=300)
+            if done.returncode != 0:
+                return None
+            os.replace(tmp, so)  # atomic: concurrent builders never load half a file
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    lib = ctypes.CDLL(str(so))
+    for name, (res, args) in SIGNATURES.items():
+        fn = getattr(lib, name)
+        fn.restype, fn.argtypes = res, args
+    return lib
+
+
+def lib() -> ctypes.CDLL | None:
+    """The loaded kernels, or None (not built, build failed, or switched off)."""
+    if not _state["on"]:
+        return None
+    if not _state["tried"]:
+        with _lock:
+            if not _state["tried"]:
+                try:
+                    _state["lib"] = _build()
+                except Exception:  # no compiler, read-only cache, odd platform: the torch path runs
+                    _state["lib"] = None
+                _state["tried"] = True
+    return _state["lib"]
+
+
+@contextmanager
+def use(on: bool):
+    """Switch the native kernels on or off inside a ``with`` block (for tests and benchmarks)."""
+    was, _state["on"] = _state["on"], on
+    try:
+        yield
+    finally:
+        _state["on"] = was
+
+
+def usable(x: Tensor) -> bool:
+    """Can the kernels take ``x`` (a CPU float32 [B, V] tensor whose rows are contiguous)?"""
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and x.is_contiguous()
+            and x.shape[1] > 0 and lib() is not None)
+
+
+def _ptr(t: Tensor) -> int:
+    return t.data_ptr()
+
+
+def cut(x: Tensor, mode: int, target: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, int] | None:
+    """Cut every row of ``x`` (see ``_native.cpp``): (kstar, center, q, n, max n), each ``[B]``;
+    None when a row holds NaN/+inf or nothing finite (the caller runs the reference instead)."""
+    B, V = x.shape
+    target = target.to(torch.float64).contiguous()
+    kstar, center = torch.empty(B, dtype=torch.float64), torch.empty(B, dtype=torch.float64)
+    q, n = torch.empty(B, dtype=torch.int64), torch.empty(B, dtype=torch.int64)
+    status = torch.empty(B, dtype=torch.int32)
+    nmax = lib().temperance_cut(_ptr(x), B, V, mode, _ptr(target), _ptr(kstar), _ptr(center),
+                                _ptr(q), _ptr(n), _ptr(status))
+    if bool(status.any()):
+        return None
+    return kstar, center, q, n, int(nmax)
+
+
+def dense(x: Tensor, mode: int, kstar: Tensor, center: Tensor, q: Tensor, out: Tensor | None = None
+          ) -> Tensor:
+    """x where the cut keeps it, -inf elsewhere (``out=x`` works in place)."""
+    out = torch.empty_like(x) if out is None else out
+    lib().temperance_cut_dense(_ptr(x), x.shape[0], x.shape[1], mode, _ptr(kstar), _ptr(center),
+                               _ptr(q), _ptr(out))
+    return out
+
+
+def compact(x: Tensor, mode: int, kstar: Tensor, center: Tensor, q: Tensor, K: int
+            ) -> tuple[Tensor, Tensor]:
+    B, V = x.shape
+    vals = torch.empty(B, K, dtype=x.dtype)
+    ids = torch.empty(B, K, dtype=torch.int64)
+    lib().temperance_cut_compact(_ptr(x), B, V, mode, _ptr(kstar), _ptr(center), _ptr(q), K,
+                                 _ptr(vals), _ptr(ids))
+    return vals, ids
