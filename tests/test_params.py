@@ -14,9 +14,9 @@ INF = math.inf
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(top_p=1.5), "top_p must be in (0, 1] (1 = off), got 1.5"),
-    (dict(top_p=0.0), "top_p must be in (0, 1] (1 = off), got 0.0"),
-    (dict(top_p=math.nan), "top_p must be in (0, 1] (1 = off), got nan"),
+    (dict(top_p=1.5), "top_p must be in [0, 1] (1 = off), got 1.5"),
+    (dict(top_p=-0.1), "top_p must be in [0, 1] (1 = off), got -0.1"),
+    (dict(top_p=math.nan), "top_p must be in [0, 1] (1 = off), got nan"),
     (dict(temperature=-0.5), "temperature must be in [0, inf) (0 = greedy), got -0.5"),
     (dict(temperature=INF), "temperature must be in [0, inf) (0 = greedy), got inf"),
     (dict(min_p=1.01), "min_p must be in [0, 1] (0 = off), got 1.01"),
@@ -49,7 +49,7 @@ INF = math.inf
     (dict(mirostat=3), "mirostat must be in {0, 1, 2} (0 = off), got 3"),
     # wrong types
     (dict(temperature=True), "temperature must be a number in [0, inf) (0 = greedy), got True"),
-    (dict(top_p="0.9"), "top_p must be a number in (0, 1] (1 = off), got '0.9'"),
+    (dict(top_p="0.9"), "top_p must be a number in [0, 1] (1 = off), got '0.9'"),
     (dict(top_k=None), "top_k must be a number in integers >= 0 (0 = off), got None"),
 ])
 def test_validation_messages_are_exact(kwargs, message):
