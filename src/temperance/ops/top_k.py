@@ -17,56 +17,65 @@ import torch
 from torch import Tensor
 
 from ..stage import Knob, Stage
-from ._common import NEG_INF, check_logits, col, is_neutral, knob
+from ._common import NEG_INF, check_logits, col, knob
+from ._common import compact as _compact
 from ._topk import chunked_topk
 
 
+def _k(top_k, x: Tensor) -> tuple[Tensor, Tensor]:
+    """k as a ``[B, 1]`` column, and which rows are off (k <= 0 or k >= V: keep everything)."""
+    k = col(top_k, x, torch.int64)
+    return k, (k <= 0) | (k >= x.shape[1])
+
+
 def _top_k_(x: Tensor, top_k) -> Tensor:
-    B, V = x.shape
-    k = col(top_k, x, torch.int64)  # [B, 1]
-    k = torch.where((k <= 0) | (k >= V), V, k)
-    kmax = int(k.max())
-    if kmax >= V:
-        if bool((k >= V).all()):
-            return x
-        kmax = V
-    vals, _ = chunked_topk(x, min(kmax + 1, V))
-    vals = torch.cat([vals, vals.new_full((B, 1), NEG_INF)], dim=1)  # so k == V can index
-    kth = vals.gather(1, k - 1)                 # the k-th largest value
-    after = vals.gather(1, k)                   # the (k+1)-th: equal to kth means a boundary tie
-    keep = x >= kth
-    tied = (after == kth) & (k < V) & torch.isfinite(kth)
-    if bool(tied.any()):  # more tokens equal the k-th value than fit: lowest ids win
-        rows = tied.view(-1).nonzero().view(-1)
-        xr = x[rows]
-        eq = xr == kth[rows]
-        need = k[rows] - (xr > kth[rows]).sum(-1, keepdim=True)
-        keep[rows] = (xr > kth[rows]) | (eq & (eq.cumsum(-1) <= need))
-    keep |= k >= V
-    return x.masked_fill_(~keep, NEG_INF)
+    """Top-k on ``x`` in place (x is the caller's own working tensor)."""
+    k, off = _k(top_k, x)
+    if not bool(off.any()):
+        return compact(x, k).into(x)
+    on = (~off).view(-1).nonzero().view(-1)
+    if on.numel():
+        x[on] = compact(x[on], k[on]).dense()
+    return x
 
 
 def top_k(logits: Tensor, *, top_k=0) -> Tensor:
     """Keep the ``top_k`` largest logits of each row (exactly k; ties → lower token id)."""
     check_logits(logits)
     top_k = knob("top_k", top_k, logits)
-    x = logits.clone()
-    return x if is_neutral("top_k", top_k) else _top_k_(x, top_k)
+    k, off = _k(top_k, logits)
+    if bool(off.all()):
+        return logits.clone()
+    if bool(off.any()):
+        return _top_k_(logits.clone(), top_k)
+    return compact(logits, k).dense()
 
 
 def compact(x: Tensor, top_k) -> "Candidates":  # noqa: F821
-    """Exactly the top-k survivors of dense ``x`` as `Candidates`, from a chunked top-k."""
+    """Exactly the top-k survivors of dense ``x`` as `Candidates`, from a chunked top-k (every row
+    must have 0 < k < V). A tie at the k-th value goes to the lowest ids: only those rows look at
+    the whole row again."""
     from ..candidates import Candidates  # candidates imports ops: keep the import edge one-way
 
-    V = x.shape[1]
+    B, V = x.shape
     k = col(top_k, x, torch.int64)
     kmax = int(k.max())
     vals, ids = chunked_topk(x, min(kmax + 1, V))
-    if kmax < V:
-        if bool((vals.gather(1, k) == vals.gather(1, k - 1)).any()):  # boundary tie
-            return Candidates.from_dense(_top_k_(x.clone(), top_k))
-        vals, ids = vals[:, :kmax], ids[:, :kmax]
-    vals = vals.masked_fill(torch.arange(vals.shape[1], device=x.device) >= k, NEG_INF)
+    kth = vals.gather(1, k - 1)
+    tied = (vals.gather(1, k) == kth) & torch.isfinite(kth)
+    vals, ids = vals[:, :kmax], ids[:, :kmax]
+    if bool(tied.any()):  # torch.topk picks any of the tied ids: take the lowest ones instead
+        rows = tied.view(-1).nonzero().view(-1)
+        xr, kr, vr = x[rows], kth[rows], vals[rows]
+        greater = (vr > kr).sum(-1, keepdim=True)  # all of them are in the top k, first
+        _, tie_ids = _compact(xr, xr == kr)         # ascending ids
+        j = torch.arange(kmax, device=x.device) - greater
+        fill = (j >= 0) & (j < k[rows] - greater)
+        tid = tie_ids.gather(1, j.clamp(0, tie_ids.shape[1] - 1))
+        ids[rows] = torch.where(fill, tid, ids[rows])
+        vals[rows] = torch.where(fill, kr.to(vals.dtype), vr)
+    past = torch.arange(kmax, device=x.device) >= k  # slots past a row's own k: padding
+    vals, ids = vals.masked_fill(past, NEG_INF), ids.masked_fill(past, V)
     ids, order = torch.sort(ids, dim=-1)
     return Candidates(vals.gather(1, order), ids, V)
 
