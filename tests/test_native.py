@@ -127,3 +127,34 @@ def test_native_build_is_silent_and_never_required(tmp_path):
     no_cxx = _run(code, CXX=str(tmp_path / "no-such-compiler"), XDG_CACHE_HOME=str(tmp_path / "none"))
     for r in (off, no_cxx):
         assert r.stderr == "" and r.stdout.split() == ["False", "1"]
+
+
+@needs_native
+def test_native_uniform_is_the_torch_hash_bit_for_bit():
+    from temperance import noise
+    g = torch.Generator().manual_seed(0)
+    B, K = 64, 500
+    seed = torch.cat([torch.tensor([0, 1, 2**63 - 1, 2**62]), torch.randint(0, 2**62, (B - 4,), generator=g)])
+    step = torch.randint(0, 2**40, (B,), generator=g)
+    ids = torch.randint(0, 2**20, (B, K), generator=g)
+    for salt in (noise.SALT_PICK, noise.SALT_XTC):
+        assert torch.equal(noise.uniform(seed, step, ids, salt), noise._torch_uniform(seed, step, ids, salt))
+    assert noise.uniform(seed[:1], step[:1], ids[:1, :3])[0, 2].item() == noise.reference_uniform(
+        0, int(step[0]), int(ids[0, 2]))
+
+
+@needs_native
+@pytest.mark.parametrize("name", ["min_p", "top_k"])
+def test_threshold_ops_equal_their_torch_path(name):
+    x = rows(11, 200, 3000)
+    kw = {"min_p": dict(min_p=torch.tensor(np.random.default_rng(0).choice([0, 0.01, 0.1, 0.5, 1], 200),
+                                           dtype=torch.float32)),
+          "top_k": dict(top_k=torch.tensor(np.random.default_rng(0).choice([0, 1, 5, 40, 3000], 200)))}[name]
+    op = getattr(ops, name)
+    with _native.use(True):
+        a = op(x, **kw)
+        c = Chain(name).candidates(x, Batch([SamplingParams(**{name: 0.05 if name == "min_p" else 7})] * 200))
+    with _native.use(False):
+        b = op(x, **kw)
+        d = Chain(name).candidates(x, Batch([SamplingParams(**{name: 0.05 if name == "min_p" else 7})] * 200))
+    assert torch.equal(a, b) and torch.equal(c.dense(), d.dense())

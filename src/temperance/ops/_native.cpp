@@ -282,4 +282,38 @@ void temperance_cut_compact(const float* x, int64_t B, int64_t V, int mode, cons
     }
 }
 
+// Per row, how many entries are >= t[r] (NaN never is); returns the largest count (at least 1).
+int64_t temperance_count_ge(const float* x, int64_t B, int64_t V, const double* t, int64_t* n) {
+    int64_t nmax = 1;
+    for (int64_t r = 0; r < B; ++r) {
+        const float* xr = x + r * V;
+        const float tr = (float)t[r];  // t is a float32 value (a logit), so this is exact
+        int64_t c = 0;
+        for (int64_t i = 0; i < V; ++i) c += xr[i] >= tr;
+        n[r] = c;
+        nmax = std::max(nmax, c);
+    }
+    return nmax;
+}
+
+// Counter-based uniforms (temperance.noise.uniform, bit for bit): SplitMix64's finaliser of
+// (seed, step, token id), 53 bits, in (0, 1). index [B, K]; out [B, K] float64.
+void temperance_uniform(const int64_t* seed, const int64_t* step, const int64_t* index, int64_t B,
+                        int64_t K, int64_t salt, double* out) {
+    auto mix = [](uint64_t z) {
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+        return z ^ (z >> 31);
+    };
+    const uint64_t g = 0x9E3779B97F4A7C15ull;
+    for (int64_t r = 0; r < B; ++r) {
+        uint64_t h = mix((uint64_t)seed[r] + g * (uint64_t)(salt + 1));
+        h = mix(h + (uint64_t)step[r] * g);
+        const int64_t* ir = index + r * K;
+        double* o = out + r * K;
+        for (int64_t i = 0; i < K; ++i)
+            o[i] = ((double)(mix((uint64_t)ir[i] + h) >> 11) + 0.5) * 0x1p-53;
+    }
+}
+
 }  // extern "C"

@@ -30,12 +30,15 @@ _SRC = Path(__file__).with_name("_native.cpp")
 _lock = threading.Lock()
 _state: dict = {"lib": None, "tried": False, "on": os.environ.get("TEMPERANCE_NATIVE", "1") != "0"}
 
+ALL = 2**62  # q: keep every tie (the kernels treat anything >= 2^61 so)
 _P = ctypes.c_void_p
 _I = ctypes.c_int64
 SIGNATURES = {
     "temperance_cut": (_I, [_P, _I, _I, ctypes.c_int, _P, _P, _P, _P, _P, _P]),
     "temperance_cut_dense": (None, [_P, _I, _I, ctypes.c_int, _P, _P, _P, _P]),
     "temperance_cut_compact": (None, [_P, _I, _I, ctypes.c_int, _P, _P, _P, _I, _P, _P]),
+    "temperance_count_ge": (_I, [_P, _I, _I, _P, _P]),
+    "temperance_uniform": (None, [_P, _P, _P, _I, _I, _I, _P]),
 }
 
 
@@ -141,3 +144,29 @@ def compact(x: Tensor, mode: int, kstar: Tensor, center: Tensor, q: Tensor, K: i
     lib().temperance_cut_compact(_ptr(x), B, V, mode, _ptr(kstar), _ptr(center), _ptr(q), K,
                                  _ptr(vals), _ptr(ids))
     return vals, ids
+
+
+def at_least(x: Tensor, t: Tensor):
+    """Every entry of ``x`` >= ``t`` (``[B, 1]``, float32 values) as (vals, ids) ``[B, K]``
+    (padding -inf / V), in one counting and one copying pass per row."""
+    B, V = x.shape
+    t = t.to(torch.float64).contiguous()
+    n = torch.empty(B, dtype=torch.int64)
+    K = lib().temperance_count_ge(_ptr(x), B, V, _ptr(t), _ptr(n))
+    q = torch.full((B,), ALL, dtype=torch.int64)
+    return compact(x, 0, t, t, q, int(K))
+
+
+def dense_at_least(x: Tensor, t: Tensor, out: Tensor | None = None) -> Tensor:
+    """x where x >= t (``[B, 1]``, float32 values), -inf elsewhere, in one pass."""
+    t = t.to(torch.float64).contiguous()
+    return dense(x, 0, t, t, torch.full((x.shape[0],), ALL, dtype=torch.int64), out=out)
+
+
+def uniform(seed: Tensor, step: Tensor, index: Tensor, salt: int) -> Tensor:
+    """`temperance.noise.uniform`, bit for bit (seed, step ``[B]`` int64; index ``[B, K]`` int64)."""
+    index = index.contiguous()
+    out = torch.empty(index.shape, dtype=torch.float64)
+    lib().temperance_uniform(_ptr(seed.contiguous()), _ptr(step.contiguous()), _ptr(index),
+                             index.shape[0], index.shape[1], salt, _ptr(out))
+    return out

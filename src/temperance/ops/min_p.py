@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from ..stage import Knob, Stage
+from . import _native
 from ._common import NEG_INF, check_logits, col, is_neutral, knob
 
 
@@ -33,12 +34,16 @@ def candidates(x: Tensor, min_p):
     maxima and which chunks of 128 can hold a survivor; only those are read again."""
     from ..candidates import Candidates, chunk_max  # candidates imports ops: keep the edge one-way
 
+    if _native.usable(x):  # one max pass, then one counting and one copying pass per row
+        return Candidates(*_native.at_least(x, threshold(x, min_p)), x.shape[1])
     cmax = chunk_max(x)
     return Candidates.at_least(x, threshold(x, min_p, cmax.amax(-1, keepdim=True)), cmax)
 
 
 def _min_p_(x: Tensor, min_p) -> Tensor:
     """Min-p on ``x`` in place (x is the caller's own working tensor)."""
+    if _native.usable(x):
+        return _native.dense_at_least(x, threshold(x, min_p), out=x)
     return candidates(x, min_p).into(x)
 
 
@@ -46,7 +51,11 @@ def min_p(logits: Tensor, *, min_p=0.0) -> Tensor:
     """Mask tokens whose probability is below ``min_p`` times the row's top probability."""
     check_logits(logits)
     min_p = knob("min_p", min_p, logits)
-    return logits.clone() if is_neutral("min_p", min_p) else candidates(logits, min_p).dense()
+    if is_neutral("min_p", min_p):
+        return logits.clone()
+    if _native.usable(logits):
+        return _native.dense_at_least(logits, threshold(logits, min_p))
+    return candidates(logits, min_p).dense()
 
 
 STAGE = Stage(
