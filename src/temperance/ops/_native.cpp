@@ -282,6 +282,52 @@ void temperance_cut_compact(const float* x, int64_t B, int64_t V, int mode, cons
     }
 }
 
+// The k largest entries of every row, ties to the lower id: vals/ids [B, k], sorted by value
+// descending then id ascending (padding -inf / V when a row has fewer than k entries above -inf).
+// A min-heap of the k best so far; blocks of 16 that cannot beat its root are skipped (a
+// vectorised test), so a row costs little more than one read. Returns 1 if a row holds NaN.
+int temperance_topk(const float* x, int64_t B, int64_t V, int64_t k, float* vals, int64_t* ids) {
+    std::vector<std::pair<float, int64_t>> heap;  // root = the worst kept: lowest value, highest id
+    auto worse = [](const std::pair<float, int64_t>& a, const std::pair<float, int64_t>& b) {
+        return a.first > b.first || (a.first == b.first && a.second < b.second);
+    };  // (a comparator for std::push_heap that puts the worst entry at the front)
+    for (int64_t r = 0; r < B; ++r) {
+        const float* xr = x + r * V;
+        heap.clear();
+        int nan = 0;
+        for (int64_t i = 0; i < V; ++i) nan |= xr[i] != xr[i];
+        if (nan) return 1;
+        float floor = -FINF;  // entries must beat this (once the heap is full: its root's value)
+        constexpr int L = 16;
+        for (int64_t i0 = 0; i0 < V; i0 += L) {
+            const int64_t e = std::min(V, i0 + L);
+            int hit = 0;
+            for (int64_t i = i0; i < e; ++i) hit |= xr[i] > floor;
+            if (!hit) continue;
+            for (int64_t i = i0; i < e; ++i) {
+                if (!(xr[i] > floor)) continue;  // equal to the root: a higher id, not better
+                if ((int64_t)heap.size() < k) {
+                    heap.emplace_back(xr[i], i);
+                    std::push_heap(heap.begin(), heap.end(), worse);
+                    if ((int64_t)heap.size() == k) floor = heap.front().first;
+                } else {
+                    std::pop_heap(heap.begin(), heap.end(), worse);
+                    heap.back() = {xr[i], i};
+                    std::push_heap(heap.begin(), heap.end(), worse);
+                    floor = heap.front().first;
+                }
+            }
+        }
+        std::sort(heap.begin(), heap.end(), worse);  // best first
+        float* vr = vals + r * k;
+        int64_t* ir = ids + r * k;
+        int64_t j = 0;
+        for (; j < (int64_t)heap.size(); ++j) { vr[j] = heap[j].first; ir[j] = heap[j].second; }
+        for (; j < k; ++j) { vr[j] = -FINF; ir[j] = V; }
+    }
+    return 0;
+}
+
 // Per row, how many entries are >= t[r] (NaN never is); returns the largest count (at least 1).
 int64_t temperance_count_ge(const float* x, int64_t B, int64_t V, const double* t, int64_t* n) {
     int64_t nmax = 1;

@@ -38,6 +38,7 @@ SIGNATURES = {
     "temperance_cut_dense": (None, [_P, _I, _I, ctypes.c_int, _P, _P, _P, _P]),
     "temperance_cut_compact": (None, [_P, _I, _I, ctypes.c_int, _P, _P, _P, _I, _P, _P]),
     "temperance_count_ge": (_I, [_P, _I, _I, _P, _P]),
+    "temperance_topk": (ctypes.c_int, [_P, _I, _I, _I, _P, _P]),
     "temperance_uniform": (None, [_P, _P, _P, _I, _I, _I, _P]),
 }
 
@@ -109,6 +110,7 @@ def usable(x: Tensor) -> bool:
 
 
 def _ptr(t: Tensor) -> int:
+    """The address of a tensor's data; the caller keeps the tensor alive during the call."""
     return t.data_ptr()
 
 
@@ -165,8 +167,19 @@ def dense_at_least(x: Tensor, t: Tensor, out: Tensor | None = None) -> Tensor:
 
 def uniform(seed: Tensor, step: Tensor, index: Tensor, salt: int) -> Tensor:
     """`temperance.noise.uniform`, bit for bit (seed, step ``[B]`` int64; index ``[B, K]`` int64)."""
-    index = index.contiguous()
+    seed, step, index = seed.contiguous(), step.contiguous(), index.contiguous()  # (kept alive)
     out = torch.empty(index.shape, dtype=torch.float64)
-    lib().temperance_uniform(_ptr(seed.contiguous()), _ptr(step.contiguous()), _ptr(index),
-                             index.shape[0], index.shape[1], salt, _ptr(out))
+    lib().temperance_uniform(_ptr(seed), _ptr(step), _ptr(index), index.shape[0], index.shape[1],
+                             salt, _ptr(out))
     return out
+
+
+def topk(x: Tensor, k: int) -> tuple[Tensor, Tensor] | None:
+    """The k largest entries per row, ties to the lower id, sorted (value desc, id asc); padding
+    -inf / V past a row's entries above -inf. None if a row holds NaN."""
+    B, V = x.shape
+    vals = torch.empty(B, k, dtype=torch.float32)
+    ids = torch.empty(B, k, dtype=torch.int64)
+    if lib().temperance_topk(_ptr(x), B, V, k, _ptr(vals), _ptr(ids)):
+        return None
+    return vals, ids

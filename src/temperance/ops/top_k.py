@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from ..stage import Knob, Stage
+from . import _native
 from ._common import NEG_INF, check_logits, col, knob
 from ._common import compact as _compact
 from ._topk import chunked_topk
@@ -60,10 +61,15 @@ def compact(x: Tensor, top_k) -> "Candidates":  # noqa: F821
     B, V = x.shape
     k = col(top_k, x, torch.int64)
     kmax = int(k.max())
-    vals, ids = chunked_topk(x, min(kmax + 1, V))
-    kth = vals.gather(1, k - 1)
-    tied = (vals.gather(1, k) == kth) & torch.isfinite(kth)
-    vals, ids = vals[:, :kmax], ids[:, :kmax]
+    exact = _native.topk(x, kmax) if _native.usable(x) else None  # ties already to the lowest ids
+    if exact is not None:
+        vals, ids = exact
+        tied = torch.zeros(1, dtype=torch.bool)
+    else:
+        vals, ids = chunked_topk(x, min(kmax + 1, V))
+        kth = vals.gather(1, k - 1)
+        tied = (vals.gather(1, k) == kth) & torch.isfinite(kth)
+        vals, ids = vals[:, :kmax], ids[:, :kmax]
     if bool(tied.any()):  # torch.topk picks any of the tied ids: take the lowest ones instead
         rows = tied.view(-1).nonzero().view(-1)
         xr, kr, vr = x[rows], kth[rows], vals[rows]
