@@ -54,11 +54,12 @@ from torch import Tensor
 from .batch import Batch
 from .candidates import Candidates
 from .errors import TemperanceError
+from .ops import _native
 from .ops._common import check_history, check_not_empty
 from .ops._topk import chunked_topk
 from .ops.logit_bias import _logit_bias_
 from .ops.mirostat import _mirostat_
-from .ops.penalties import _penalties_, window
+from .ops.penalties import window
 from .ops.top_k import _top_k_
 from .params import STAGE, SamplingParams, parse_samplers
 from .pick import Picked, check_rows, pick
@@ -199,10 +200,18 @@ class Chain:
                 _logit_bias_(edited, column[:, touched.shape[1] - ids.shape[1]:], vals)
             else:
                 h = parts[0]  # the penalty window, already cut to the last n tokens
-                hc = torch.where(h >= 0, column[:, : h.shape[1]], -1)
-                _penalties_(edited, hc, batch.knob("repetition_penalty"), batch.knob("frequency_penalty"),
-                            batch.knob("presence_penalty"), batch.knob("penalty_last_n"))
+                counts = torch.zeros_like(edited).scatter_add_(
+                    1, column[:, : h.shape[1]], (h >= 0).to(edited.dtype))
+                _penalize_distinct(edited, counts, batch)
         k = batch.knob("top_k")
+        bans = "logit_bias" in pre and any(v == float("-inf") for p in batch.params for v in p.logit_bias.values())
+        r = _native.topk_override(logits, k, uniq, edited) if _native.usable(logits) else None
+        if r is not None:  # one pass: the raw row with the edited tokens' new values
+            vals, ids, rawmax = r
+            check_rows(rawmax.view(-1, 1))
+            if bans:
+                check_not_empty(vals, "logit_bias banned every token")
+            return Candidates(vals, ids, V)
         R = int(k.max()) + 9  # a little slack: a touched token or two may rank that high
         while True:  # widen until the raw window surely holds the k best untouched tokens
             rv, rid = chunked_topk(logits, min(R, V))
@@ -214,7 +223,7 @@ class Chain:
         again = (rid.unsqueeze(-1) == uniq.unsqueeze(1)).any(-1)  # raw copies of edited tokens
         ids = torch.cat([torch.where(again, V, rid), uniq], dim=1)
         vals = torch.cat([rv.float().masked_fill(again, float("-inf")), edited], dim=1)
-        if "logit_bias" in pre and any(v == float("-inf") for p in batch.params for v in p.logit_bias.values()):
+        if bans:
             check_not_empty(vals, "logit_bias banned every token")
         ids, order = ids.sort(-1)  # token-id order, so ties break by lower id
         vals = _top_k_(vals.gather(1, order), k)
@@ -262,6 +271,20 @@ class Chain:
                                   f"{tuple(x.shape)}, got {getattr(y, 'shape', type(y).__name__)}")
         check_not_empty(y, f"stage {stage.name!r} removed every token")
         return y.to(x.dtype)
+
+
+def _penalize_distinct(x: Tensor, counts: Tensor, batch: Batch) -> Tensor:
+    """`ops.penalties` on distinct tokens: ``x`` ``[B, T]`` their logits, ``counts`` how often each
+    occurs in the penalty window (0: not in it). The same rule as ``_penalties_`` (repetition once
+    per distinct token, then ``- count·frequency - presence``; non-finite logits untouched; the
+    result kept finite), in a handful of ops on T entries instead of a scatter into [B, V]."""
+    k = batch.knob
+    theta = k("repetition_penalty").view(-1, 1)
+    new = torch.where(x > 0, x / theta, x * theta)
+    new = new - counts * k("frequency_penalty").view(-1, 1) - k("presence_penalty").view(-1, 1)
+    fmax = torch.finfo(x.dtype).max
+    skip = (counts == 0) | (k("penalty_last_n").view(-1, 1) == 0) | ~torch.isfinite(x)
+    return x.copy_(torch.where(skip, x, new.clamp(-fmax, fmax)))
 
 
 def _parse_order(items: list) -> tuple[Stage, ...]:

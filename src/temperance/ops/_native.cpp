@@ -110,6 +110,26 @@ int scan(const float* x, int64_t V, float& hi, float& lo) {
     return any;
 }
 
+// The maximum of a row (+inf counts); returns 1 if the row holds NaN. 16 lanes, as `scan`.
+int max_row(const float* x, int64_t V, float& hi) {
+    constexpr int L = 16;
+    float h[L];
+    int nan[L];
+    for (int j = 0; j < L; ++j) { h[j] = -FINF; nan[j] = 0; }
+    int64_t i = 0;
+    for (; i + L <= V; i += L)
+        for (int j = 0; j < L; ++j) {
+            const float v = x[i + j];
+            h[j] = v > h[j] ? v : h[j];
+            nan[j] |= v != v;
+        }
+    for (; i < V; ++i) { h[0] = x[i] > h[0] ? x[i] : h[0]; nan[0] |= x[i] != x[i]; }
+    hi = -FINF;
+    int any = 0;
+    for (int j = 0; j < L; ++j) { hi = std::max(hi, h[j]); any |= nan[j]; }
+    return any;
+}
+
 // Returns 1 for a row with NaN or +inf or no finite entry (the caller uses the reference code).
 int cut_row(const float* x, int64_t V, int mode, double target, Scratch& s, double& kstar,
             double& center, int64_t& q, int64_t& n) {
@@ -282,22 +302,108 @@ void temperance_cut_compact(const float* x, int64_t B, int64_t V, int mode, cons
     }
 }
 
+}  // extern "C"
+
+namespace {
+
+using Entry = std::pair<float, int64_t>;
+
+// "a ranks before b": larger value, then lower id. As std::push_heap's comparator it keeps the
+// worst entry at the front.
+inline bool before(const Entry& a, const Entry& b) {
+    return a.first > b.first || (a.first == b.first && a.second < b.second);
+}
+
+// The k best entries of a row (above -inf), best first, ties to the lower id. A min-heap of the k
+// best so far; blocks of 16 that cannot beat its root are skipped (a vectorised test), so a row
+// costs little more than one read. Returns 1 if the row holds NaN.
+int topk_row(const float* xr, int64_t V, int64_t k, std::vector<Entry>& heap) {
+    heap.clear();
+    int nan = 0;
+    for (int64_t i = 0; i < V; ++i) nan |= xr[i] != xr[i];  // (an integer reduction: vectorises)
+    if (nan) return 1;
+    float floor = -FINF;  // entries must beat this (once the heap is full: its root's value)
+    constexpr int L = 16;
+    for (int64_t i0 = 0; i0 < V; i0 += L) {
+        const int64_t e = std::min(V, i0 + L);
+        int hit = 0;
+        for (int64_t i = i0; i < e; ++i) hit |= xr[i] > floor;
+        if (!hit) continue;
+        for (int64_t i = i0; i < e; ++i) {
+            if (!(xr[i] > floor)) continue;  // equal to the root: a higher id, so not better
+            if ((int64_t)heap.size() < k) {
+                heap.emplace_back(xr[i], i);
+                std::push_heap(heap.begin(), heap.end(), before);
+                if ((int64_t)heap.size() == k) floor = heap.front().first;
+            } else {
+                std::pop_heap(heap.begin(), heap.end(), before);
+                heap.back() = {xr[i], i};
+                std::push_heap(heap.begin(), heap.end(), before);
+                floor = heap.front().first;
+            }
+        }
+    }
+    std::sort(heap.begin(), heap.end(), before);
+    return 0;
+}
+
+}  // namespace
+
+extern "C" {
+
 // The k largest entries of every row, ties to the lower id: vals/ids [B, k], sorted by value
-// descending then id ascending (padding -inf / V when a row has fewer than k entries above -inf).
-// A min-heap of the k best so far; blocks of 16 that cannot beat its root are skipped (a
-// vectorised test), so a row costs little more than one read. Returns 1 if a row holds NaN.
+// descending then id ascending (padding -inf / V past a row's entries above -inf). Returns 1 if a
+// row holds NaN.
 int temperance_topk(const float* x, int64_t B, int64_t V, int64_t k, float* vals, int64_t* ids) {
-    std::vector<std::pair<float, int64_t>> heap;  // root = the worst kept: lowest value, highest id
-    auto worse = [](const std::pair<float, int64_t>& a, const std::pair<float, int64_t>& b) {
-        return a.first > b.first || (a.first == b.first && a.second < b.second);
-    };  // (a comparator for std::push_heap that puts the worst entry at the front)
+    thread_local std::vector<Entry> heap;
+    for (int64_t r = 0; r < B; ++r) {
+        if (topk_row(x + r * V, V, k, heap)) return 1;
+        float* vr = vals + r * k;
+        int64_t* ir = ids + r * k;
+        int64_t j = 0;
+        for (; j < (int64_t)heap.size(); ++j) { vr[j] = heap[j].first; ir[j] = heap[j].second; }
+        for (; j < k; ++j) { vr[j] = -FINF; ir[j] = V; }
+    }
+    return 0;
+}
+
+// Top-k written densely: out = x on each row's k[r] best entries, -inf elsewhere (k[r] <= 0 or
+// >= V: the row as it is). Returns 1 if a row holds NaN (out is then incomplete).
+int temperance_topk_dense(const float* x, int64_t B, int64_t V, const int64_t* k, float* out) {
+    thread_local std::vector<Entry> heap;
     for (int64_t r = 0; r < B; ++r) {
         const float* xr = x + r * V;
+        float* o = out + r * V;
+        if (k[r] <= 0 || k[r] >= V) {
+            std::memcpy(o, xr, V * sizeof(float));
+            continue;
+        }
+        if (topk_row(xr, V, k[r], heap)) return 1;
+        for (int64_t i = 0; i < V; ++i) o[i] = -FINF;
+        for (const Entry& e : heap) o[e.second] = e.first;
+    }
+    return 0;
+}
+
+// Top-k of rows where a few tokens have new values (penalties / logit bias applied to just those):
+// row r's tokens ov_ids[r, :T] (ascending, padding >= V) take the values ov_vals[r, :T] instead
+// of x. Output: each row's k[r] best (k[r] <= kmax) in token-id order, vals/ids [B, kmax]
+// (padding -inf / V), and rawmax[r] = max of the row of x itself. Returns 1 if a row holds NaN.
+int temperance_topk_override(const float* x, int64_t B, int64_t V, const int64_t* k, int64_t kmax,
+                             int64_t T, const int64_t* ov_ids, const float* ov_vals, float* vals,
+                             int64_t* ids, float* rawmax) {
+    thread_local std::vector<Entry> heap;
+    for (int64_t r = 0; r < B; ++r) {
+        const float* xr = x + r * V;
+        const int64_t* oi = ov_ids + r * T;
+        const float* ovr = ov_vals + r * T;
+        const int64_t kr = k[r];
+        float hi;
+        if (max_row(xr, V, hi)) return 1;
+        rawmax[r] = hi;
         heap.clear();
-        int nan = 0;
-        for (int64_t i = 0; i < V; ++i) nan |= xr[i] != xr[i];
-        if (nan) return 1;
-        float floor = -FINF;  // entries must beat this (once the heap is full: its root's value)
+        float floor = -FINF;
+        int64_t p = 0;  // next override at or after the current position
         constexpr int L = 16;
         for (int64_t i0 = 0; i0 < V; i0 += L) {
             const int64_t e = std::min(V, i0 + L);
@@ -305,25 +411,39 @@ int temperance_topk(const float* x, int64_t B, int64_t V, int64_t k, float* vals
             for (int64_t i = i0; i < e; ++i) hit |= xr[i] > floor;
             if (!hit) continue;
             for (int64_t i = i0; i < e; ++i) {
-                if (!(xr[i] > floor)) continue;  // equal to the root: a higher id, not better
-                if ((int64_t)heap.size() < k) {
+                while (p < T && oi[p] < i) ++p;
+                if (p < T && oi[p] == i) continue;  // an edited token: entered below
+                if (!(xr[i] > floor)) continue;
+                if ((int64_t)heap.size() < kr) {
                     heap.emplace_back(xr[i], i);
-                    std::push_heap(heap.begin(), heap.end(), worse);
-                    if ((int64_t)heap.size() == k) floor = heap.front().first;
+                    std::push_heap(heap.begin(), heap.end(), before);
+                    if ((int64_t)heap.size() == kr) floor = heap.front().first;
                 } else {
-                    std::pop_heap(heap.begin(), heap.end(), worse);
+                    std::pop_heap(heap.begin(), heap.end(), before);
                     heap.back() = {xr[i], i};
-                    std::push_heap(heap.begin(), heap.end(), worse);
+                    std::push_heap(heap.begin(), heap.end(), before);
                     floor = heap.front().first;
                 }
             }
         }
-        std::sort(heap.begin(), heap.end(), worse);  // best first
-        float* vr = vals + r * k;
-        int64_t* ir = ids + r * k;
+        for (int64_t j = 0; j < T && oi[j] < V; ++j) {  // the edited tokens, any order of ids
+            const Entry c{ovr[j], oi[j]};
+            if (!(c.first > -FINF)) continue;
+            if ((int64_t)heap.size() < kr) {
+                heap.push_back(c);
+                std::push_heap(heap.begin(), heap.end(), before);
+            } else if (before(c, heap.front())) {
+                std::pop_heap(heap.begin(), heap.end(), before);
+                heap.back() = c;
+                std::push_heap(heap.begin(), heap.end(), before);
+            }
+        }
+        std::sort(heap.begin(), heap.end(), [](const Entry& a, const Entry& b) { return a.second < b.second; });
+        float* vr = vals + r * kmax;
+        int64_t* ir = ids + r * kmax;
         int64_t j = 0;
         for (; j < (int64_t)heap.size(); ++j) { vr[j] = heap[j].first; ir[j] = heap[j].second; }
-        for (; j < k; ++j) { vr[j] = -FINF; ir[j] = V; }
+        for (; j < kmax; ++j) { vr[j] = -FINF; ir[j] = V; }
     }
     return 0;
 }

@@ -39,6 +39,8 @@ SIGNATURES = {
     "temperance_cut_compact": (None, [_P, _I, _I, ctypes.c_int, _P, _P, _P, _I, _P, _P]),
     "temperance_count_ge": (_I, [_P, _I, _I, _P, _P]),
     "temperance_topk": (ctypes.c_int, [_P, _I, _I, _I, _P, _P]),
+    "temperance_topk_dense": (ctypes.c_int, [_P, _I, _I, _P, _P]),
+    "temperance_topk_override": (ctypes.c_int, [_P, _I, _I, _P, _I, _I, _P, _P, _P, _P, _P]),
     "temperance_uniform": (None, [_P, _P, _P, _I, _I, _I, _P]),
 }
 
@@ -183,3 +185,28 @@ def topk(x: Tensor, k: int) -> tuple[Tensor, Tensor] | None:
     if lib().temperance_topk(_ptr(x), B, V, k, _ptr(vals), _ptr(ids)):
         return None
     return vals, ids
+
+
+def topk_dense(x: Tensor, k: Tensor) -> Tensor | None:
+    """x on each row's k best entries (ties to the lower id), -inf elsewhere; k ``[B]`` (<= 0 or
+    >= V: the row unchanged). None if a row holds NaN."""
+    k = k.to(torch.int64).reshape(-1).expand(x.shape[0]).contiguous()
+    out = torch.empty_like(x)
+    return None if lib().temperance_topk_dense(_ptr(x), x.shape[0], x.shape[1], _ptr(k), _ptr(out)) else out
+
+
+def topk_override(x: Tensor, k: Tensor, ov_ids: Tensor, ov_vals: Tensor
+                  ) -> tuple[Tensor, Tensor, Tensor] | None:
+    """Top-k of ``x`` whose tokens ``ov_ids`` ``[B, T]`` (ascending, padding V) have the values
+    ``ov_vals`` instead: (vals, ids) ``[B, max k]`` in token-id order (padding -inf / V), and each
+    raw row's maximum ``[B]``. None if a row holds NaN."""
+    B, V = x.shape
+    k = k.to(torch.int64).reshape(-1).expand(B).contiguous()
+    kmax = int(k.max())
+    ov_ids, ov_vals = ov_ids.to(torch.int64).contiguous(), ov_vals.to(torch.float32).contiguous()
+    vals, ids = torch.empty(B, kmax, dtype=torch.float32), torch.empty(B, kmax, dtype=torch.int64)
+    rawmax = torch.empty(B, dtype=torch.float32)
+    if lib().temperance_topk_override(_ptr(x), B, V, _ptr(k), kmax, ov_ids.shape[1], _ptr(ov_ids),
+                                      _ptr(ov_vals), _ptr(vals), _ptr(ids), _ptr(rawmax)):
+        return None
+    return vals, ids, rawmax

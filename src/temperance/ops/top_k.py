@@ -44,6 +44,10 @@ def top_k(logits: Tensor, *, top_k=0) -> Tensor:
     """Keep the ``top_k`` largest logits of each row (exactly k; ties → lower token id)."""
     check_logits(logits)
     top_k = knob("top_k", top_k, logits)
+    if _native.usable(logits):
+        y = _native.topk_dense(logits, torch.as_tensor(top_k))
+        if y is not None:
+            return y
     k, off = _k(top_k, logits)
     if bool(off.all()):
         return logits.clone()
