@@ -144,7 +144,9 @@ class Chain:
                top_n: int = 0) -> Picked:
         """candidates → pick → ``state.accept``: one token per row."""
         c = self.candidates(logits, batch, state)
-        picked = pick(c, seed=batch.seed, step=batch.step, greedy=batch.knob("temperature") == 0,
+        greedy = [p.temperature == 0 for p in batch.params]  # host-side: no device round trip
+        greedy = greedy[0] if len(set(greedy)) == 1 else batch.knob("temperature") == 0
+        picked = pick(c, seed=batch.seed, step=batch.step, greedy=greedy,
                       raw_logits=logits if raw_logprobs else None, top_n=top_n)
         if state is not None:
             state.accept(picked, batch)
@@ -205,7 +207,8 @@ class Chain:
                 _penalize_distinct(edited, counts, batch)
         k = batch.knob("top_k")
         bans = "logit_bias" in pre and any(v == float("-inf") for p in batch.params for v in p.logit_bias.values())
-        r = _native.topk_override(logits, k, uniq, edited) if _native.usable(logits) else None
+        kmax = max(p.top_k for p in batch.params)  # host-side
+        r = _native.topk_override(logits, k, kmax, uniq, edited) if _native.usable(logits) else None
         if r is not None:  # one pass: the raw row with the edited tokens' new values
             vals, ids, rawmax = r
             check_rows(rawmax.view(-1, 1))

@@ -60,9 +60,10 @@ def uniform(seed: Tensor, step: Tensor, index: Tensor, salt: int = SALT_PICK) ->
     """Uniforms in (0, 1), float64, shaped like ``index`` ``[B, K]``; seed and step are ``[B]``.
     On CPU the native kernel computes the same bits in one pass (`_torch_uniform` is the reference)."""
     if index.device.type == "cpu" and index.dim() == 2 and _native.lib() is not None:
-        B, K = torch.broadcast_shapes(seed.view(-1, 1).shape, step.view(-1, 1).shape, index.shape)
-        as64 = lambda t: t.reshape(-1).to(torch.int64).expand(B)  # noqa: E731
-        return _native.uniform(as64(seed), as64(step), index.to(torch.int64).expand(B, K), salt)
+        B = max(seed.numel(), step.numel(), index.shape[0])
+        if {seed.numel(), step.numel(), index.shape[0]} <= {1, B}:  # (else: torch says why not)
+            as64 = lambda t: t.reshape(-1).to(torch.int64).expand(B)  # noqa: E731
+            return _native.uniform(as64(seed), as64(step), index.to(torch.int64).expand(B, -1), salt)
     return _torch_uniform(seed, step, index, salt)
 
 

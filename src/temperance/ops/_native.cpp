@@ -237,15 +237,17 @@ inline bool above(const float* x, int64_t i, int mode, double kstar, double c, b
 
 extern "C" {
 
-// Cut every row of x [B, V] (row-major). Per row: target (fraction of the mass; > 1 keeps all),
-// outputs kstar, center, q, n and status (1 = NaN/+inf/empty row, not cut). Returns max n.
-int64_t temperance_cut(const float* x, int64_t B, int64_t V, int mode, const double* target,
-                       double* kstar, double* center, int64_t* q, int64_t* n, int32_t* status) {
+// Cut every row of x [B, V] (row-major) at the mass p[r] (a float32 knob): the target is the
+// midpoint between p and the float32 below it, i.e. "reaches p within float32 rounding"; p >= 1
+// keeps everything. Outputs kstar, center, q, n per row. Returns the largest n, or -1 if a row
+// holds NaN/+inf or nothing finite (nothing is cut then: the caller runs the reference).
+int64_t temperance_cut(const float* x, int64_t B, int64_t V, int mode, const float* p,
+                       double* kstar, double* center, int64_t* q, int64_t* n) {
     thread_local Scratch s;  // reused across calls: no page faults on fresh scratch
     int64_t nmax = 1;
     for (int64_t r = 0; r < B; ++r) {
-        status[r] = cut_row(x + r * V, V, mode, target[r], s, kstar[r], center[r], q[r], n[r]);
-        if (status[r]) { kstar[r] = center[r] = 0; q[r] = n[r] = 0; }
+        const double target = p[r] >= 1 ? 2.0 : ((double)p[r] + (double)std::nextafter(p[r], -1.0f)) / 2;
+        if (cut_row(x + r * V, V, mode, target, s, kstar[r], center[r], q[r], n[r])) return -1;
         nmax = std::max(nmax, n[r]);
     }
     return nmax;

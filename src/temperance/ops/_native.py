@@ -34,7 +34,7 @@ ALL = 2**62  # q: keep every tie (the kernels treat anything >= 2^61 so)
 _P = ctypes.c_void_p
 _I = ctypes.c_int64
 SIGNATURES = {
-    "temperance_cut": (_I, [_P, _I, _I, ctypes.c_int, _P, _P, _P, _P, _P, _P]),
+    "temperance_cut": (_I, [_P, _I, _I, ctypes.c_int, _P, _P, _P, _P, _P]),
     "temperance_cut_dense": (None, [_P, _I, _I, ctypes.c_int, _P, _P, _P, _P]),
     "temperance_cut_compact": (None, [_P, _I, _I, ctypes.c_int, _P, _P, _P, _I, _P, _P]),
     "temperance_count_ge": (_I, [_P, _I, _I, _P, _P]),
@@ -116,19 +116,23 @@ def _ptr(t: Tensor) -> int:
     return t.data_ptr()
 
 
-def cut(x: Tensor, mode: int, target: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, int] | None:
-    """Cut every row of ``x`` (see ``_native.cpp``): (kstar, center, q, n, max n), each ``[B]``;
-    None when a row holds NaN/+inf or nothing finite (the caller runs the reference instead)."""
+def column(value, B: int, dtype: torch.dtype) -> Tensor:
+    """A knob (a scalar or a tensor of B values) as a contiguous CPU ``[B]`` tensor."""
+    if isinstance(value, Tensor):
+        return value.to(dtype).reshape(-1).expand(B).contiguous()
+    return torch.full((B,), value, dtype=dtype)
+
+
+def cut(x: Tensor, mode: int, p) -> tuple[Tensor, Tensor, Tensor, Tensor, int] | None:
+    """Cut every row of ``x`` at the mass ``p`` (a float32 knob, see ``_native.cpp``): (kstar,
+    center, q, n, max n), each ``[B]``; None when a row holds NaN/+inf or nothing finite (the
+    caller runs the reference instead)."""
     B, V = x.shape
-    target = target.to(torch.float64).contiguous()
+    p = column(p, B, torch.float32)
     kstar, center = torch.empty(B, dtype=torch.float64), torch.empty(B, dtype=torch.float64)
     q, n = torch.empty(B, dtype=torch.int64), torch.empty(B, dtype=torch.int64)
-    status = torch.empty(B, dtype=torch.int32)
-    nmax = lib().temperance_cut(_ptr(x), B, V, mode, _ptr(target), _ptr(kstar), _ptr(center),
-                                _ptr(q), _ptr(n), _ptr(status))
-    if bool(status.any()):
-        return None
-    return kstar, center, q, n, int(nmax)
+    nmax = lib().temperance_cut(_ptr(x), B, V, mode, _ptr(p), _ptr(kstar), _ptr(center), _ptr(q), _ptr(n))
+    return None if nmax < 0 else (kstar, center, q, n, int(nmax))
 
 
 def dense(x: Tensor, mode: int, kstar: Tensor, center: Tensor, q: Tensor, out: Tensor | None = None
@@ -195,15 +199,13 @@ def topk_dense(x: Tensor, k: Tensor) -> Tensor | None:
     return None if lib().temperance_topk_dense(_ptr(x), x.shape[0], x.shape[1], _ptr(k), _ptr(out)) else out
 
 
-def topk_override(x: Tensor, k: Tensor, ov_ids: Tensor, ov_vals: Tensor
+def topk_override(x: Tensor, k: Tensor, kmax: int, ov_ids: Tensor, ov_vals: Tensor
                   ) -> tuple[Tensor, Tensor, Tensor] | None:
     """Top-k of ``x`` whose tokens ``ov_ids`` ``[B, T]`` (ascending, padding V) have the values
-    ``ov_vals`` instead: (vals, ids) ``[B, max k]`` in token-id order (padding -inf / V), and each
-    raw row's maximum ``[B]``. None if a row holds NaN."""
+    ``ov_vals`` instead: (vals, ids) ``[B, kmax]`` in token-id order (padding -inf / V), and each
+    raw row's maximum ``[B]``; k ``[B]`` int64, kmax its maximum. None if a row holds NaN."""
     B, V = x.shape
-    k = k.to(torch.int64).reshape(-1).expand(B).contiguous()
-    kmax = int(k.max())
-    ov_ids, ov_vals = ov_ids.to(torch.int64).contiguous(), ov_vals.to(torch.float32).contiguous()
+    k, ov_ids, ov_vals = k.contiguous(), ov_ids.contiguous(), ov_vals.contiguous()
     vals, ids = torch.empty(B, kmax, dtype=torch.float32), torch.empty(B, kmax, dtype=torch.int64)
     rawmax = torch.empty(B, dtype=torch.float32)
     if lib().temperance_topk_override(_ptr(x), B, V, _ptr(k), kmax, ov_ids.shape[1], _ptr(ov_ids),

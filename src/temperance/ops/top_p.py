@@ -96,21 +96,20 @@ def _cut_torch(x: Tensor, g: Tensor):
     return (*prefix_cut(-c.logits, w, target), c)
 
 
-def _native_cut(x: Tensor, g: Tensor):
-    return _native.cut(x, 0, g) if _native.usable(x) else None
+def _native_cut(x: Tensor, top_p):
+    return _native.cut(x, 0, top_p) if _native.usable(x) else None
 
 
 def nucleus_candidates(x: Tensor, top_p):
     """The exact top-p survivors of dense ``x`` ``[B, V]`` as `Candidates`, without a sort of V."""
     from ..candidates import Candidates
 
-    g = goal(col(top_p, x, torch.float32))
-    r = _native_cut(x, g)
+    r = _native_cut(x, top_p)
     if r is not None:
         kstar, center, q, n, K = r
         vals, ids = _native.compact(x, 0, kstar, center, q, K)
         return Candidates(vals, ids, x.shape[1])
-    kstar, q, c = _cut_torch(x, g)
+    kstar, q, c = _cut_torch(x, goal(col(top_p, x, torch.float32)))
     if c is None:
         return Candidates.where(x, kept(-x, kstar, q))
     return Candidates.where(c.logits, kept(-c.logits, kstar, q), c.ids, c.vocab_size)
@@ -118,12 +117,11 @@ def nucleus_candidates(x: Tensor, top_p):
 
 def _top_p_(x: Tensor, top_p) -> Tensor:
     """Top-p on ``x`` in place (x is the caller's own working tensor)."""
-    g = goal(col(top_p, x, torch.float32))
-    r = _native_cut(x, g)
+    r = _native_cut(x, top_p)
     if r is not None:
         kstar, center, q, _, _ = r
         return _native.dense(x, 0, kstar, center, q, out=x)
-    kstar, q, _ = _cut_torch(x, g)
+    kstar, q, _ = _cut_torch(x, goal(col(top_p, x, torch.float32)))
     return x.masked_fill_(~kept(-x, kstar, q), NEG_INF)
 
 
@@ -135,7 +133,7 @@ def top_p(logits: Tensor, *, top_p=1.0) -> Tensor:
         return logits.clone()
     x = logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
     if _native.usable(x):
-        r = _native_cut(x, goal(col(top_p, x, torch.float32)))
+        r = _native_cut(x, top_p)
         if r is not None:
             kstar, center, q, _, _ = r
             return _native.dense(x, 0, kstar, center, q).to(logits.dtype)

@@ -45,24 +45,22 @@ def _keep(x: Tensor, g: Tensor) -> Tensor:
 
 def _typical_p_(x: Tensor, typical_p) -> Tensor:
     """Typical sampling on ``x`` in place (x is the caller's own working tensor)."""
-    g = goal(col(typical_p, x, torch.float32))
-    r = _native.cut(x, 1, g) if _native.usable(x) else None
+    r = _native.cut(x, 1, typical_p) if _native.usable(x) else None
     if r is not None:
         kstar, center, q, _, _ = r
         return _native.dense(x, 1, kstar, center, q, out=x)
-    return x.masked_fill_(~_keep(x, g), NEG_INF)
+    return x.masked_fill_(~_keep(x, goal(col(typical_p, x, torch.float32))), NEG_INF)
 
 
 def candidates(x: Tensor, typical_p):
     """The typical set of dense ``x`` as `Candidates`."""
     from ..candidates import Candidates  # candidates imports ops: keep the import edge one-way
 
-    g = goal(col(typical_p, x, torch.float32))
-    r = _native.cut(x, 1, g) if _native.usable(x) else None
+    r = _native.cut(x, 1, typical_p) if _native.usable(x) else None
     if r is not None:
         kstar, center, q, _, K = r
         return Candidates(*_native.compact(x, 1, kstar, center, q, K), x.shape[1])
-    return Candidates.where(x, _keep(x, g))
+    return Candidates.where(x, _keep(x, goal(col(typical_p, x, torch.float32))))
 
 
 def typical_p(logits: Tensor, *, typical_p=1.0) -> Tensor:
@@ -73,7 +71,7 @@ def typical_p(logits: Tensor, *, typical_p=1.0) -> Tensor:
         return logits.clone()
     x = logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
     if _native.usable(x):
-        r = _native.cut(x, 1, goal(col(typical_p, x, torch.float32)))
+        r = _native.cut(x, 1, typical_p)
         if r is not None:
             kstar, center, q, _, _ = r
             return _native.dense(x, 1, kstar, center, q).to(logits.dtype)
