@@ -81,53 +81,20 @@ struct Scratch {
     }
 };
 
-// Max and min finite entry of a row; returns 1 if it holds NaN or +inf. 16 independent lanes, so
-// the loop vectorises without reassociating anything.
+// Max and min finite entry of a row; returns 1 if it holds NaN or +inf.
 int scan(const float* x, int64_t V, float& hi, float& lo) {
-    constexpr int L = 16;
-    float h[L], l[L];
-    int bad[L];
-    for (int j = 0; j < L; ++j) { h[j] = -FINF; l[j] = FINF; bad[j] = 0; }
-    int64_t i = 0;
-    for (; i + L <= V; i += L)
-        for (int j = 0; j < L; ++j) {
-            const float v = x[i + j];
-            h[j] = v > h[j] ? v : h[j];
-            const float u = v > -FINF ? v : FINF;
-            l[j] = u < l[j] ? u : l[j];
-            bad[j] |= (v != v) | (v == FINF);
-        }
-    for (; i < V; ++i) {
-        const float v = x[i];
-        h[0] = v > h[0] ? v : h[0];
-        const float u = v > -FINF ? v : FINF;
-        l[0] = u < l[0] ? u : l[0];
-        bad[0] |= (v != v) | (v == FINF);
+    int bad = 0;
+    for (int64_t i = 0; i < V; ++i) bad |= (x[i] != x[i]) | (x[i] == FINF);
+    if (bad) return 1;
+    float h = -FINF, l = FINF;
+#pragma omp simd reduction(max : h) reduction(min : l)
+    for (int64_t i = 0; i < V; ++i) {
+        h = x[i] > h ? x[i] : h;
+        const float u = x[i] > -FINF ? x[i] : FINF;
+        l = u < l ? u : l;
     }
-    hi = -FINF, lo = FINF;
-    int any = 0;
-    for (int j = 0; j < L; ++j) { hi = std::max(hi, h[j]); lo = std::min(lo, l[j]); any |= bad[j]; }
-    return any;
-}
-
-// The maximum of a row (+inf counts); returns 1 if the row holds NaN. 16 lanes, as `scan`.
-int max_row(const float* x, int64_t V, float& hi) {
-    constexpr int L = 16;
-    float h[L];
-    int nan[L];
-    for (int j = 0; j < L; ++j) { h[j] = -FINF; nan[j] = 0; }
-    int64_t i = 0;
-    for (; i + L <= V; i += L)
-        for (int j = 0; j < L; ++j) {
-            const float v = x[i + j];
-            h[j] = v > h[j] ? v : h[j];
-            nan[j] |= v != v;
-        }
-    for (; i < V; ++i) { h[0] = x[i] > h[0] ? x[i] : h[0]; nan[0] |= x[i] != x[i]; }
-    hi = -FINF;
-    int any = 0;
-    for (int j = 0; j < L; ++j) { hi = std::max(hi, h[j]); any |= nan[j]; }
-    return any;
+    hi = h, lo = l;
+    return 0;
 }
 
 // Returns 1 for a row with NaN or +inf or no finite entry (the caller uses the reference code).
@@ -316,15 +283,42 @@ inline bool before(const Entry& a, const Entry& b) {
     return a.first > b.first || (a.first == b.first && a.second < b.second);
 }
 
-// The k best entries of a row (above -inf), best first, ties to the lower id. A min-heap of the k
-// best so far; blocks of 16 that cannot beat its root are skipped (a vectorised test), so a row
-// costs little more than one read. Returns 1 if the row holds NaN.
-int topk_row(const float* xr, int64_t V, int64_t k, std::vector<Entry>& heap) {
-    heap.clear();
+// Push (v, i) into a heap of the k best so far (std heap with `before`: worst at the front).
+inline void offer(std::vector<Entry>& heap, int64_t k, const Entry& c) {
+    if (k <= 0) return;
+    if ((int64_t)heap.size() < k) {
+        heap.push_back(c);
+        std::push_heap(heap.begin(), heap.end(), before);
+    } else if (before(c, heap.front())) {
+        std::pop_heap(heap.begin(), heap.end(), before);
+        heap.back() = c;
+        std::push_heap(heap.begin(), heap.end(), before);
+    }
+}
+
+// The maximum of a row (+inf counts); returns 1 if the row holds NaN. (`omp simd` lets the max
+// reduction vectorise: max is exact in any order; -fopenmp-simd needs no OpenMP runtime.)
+int max_row(const float* x, int64_t V, float* hi) {
     int nan = 0;
-    for (int64_t i = 0; i < V; ++i) nan |= xr[i] != xr[i];  // (an integer reduction: vectorises)
-    if (nan) return 1;
-    float floor = -FINF;  // entries must beat this (once the heap is full: its root's value)
+    for (int64_t i = 0; i < V; ++i) nan |= x[i] != x[i];
+    if (nan || hi == nullptr) return nan;
+    float h = -FINF;
+#pragma omp simd reduction(max : h)
+    for (int64_t i = 0; i < V; ++i) h = x[i] > h ? x[i] : h;
+    *hi = h;
+    return 0;
+}
+
+// The k best entries of a row (above -inf) into `heap`, ties to the lower id, skipping the
+// positions skip[0..T) (ascending; may run past V). `hi` (if given) gets the row's maximum;
+// returns 1 if the row holds NaN. After one pass for the maximum, blocks of 16 are read with one vectorised test
+// of whether any entry can beat the heap's worst (most cannot).
+int topk_scan(const float* xr, int64_t V, int64_t k, std::vector<Entry>& heap, const int64_t* skip,
+              int64_t T, float* hi) {
+    if (max_row(xr, V, hi)) return 1;
+    heap.clear();
+    float floor = -FINF;  // entries must beat this: the heap's worst value once it is full
+    int64_t p = 0;        // the next skipped position at or after the current one
     constexpr int L = 16;
     for (int64_t i0 = 0; i0 < V; i0 += L) {
         const int64_t e = std::min(V, i0 + L);
@@ -332,19 +326,18 @@ int topk_row(const float* xr, int64_t V, int64_t k, std::vector<Entry>& heap) {
         for (int64_t i = i0; i < e; ++i) hit |= xr[i] > floor;
         if (!hit) continue;
         for (int64_t i = i0; i < e; ++i) {
-            if (!(xr[i] > floor)) continue;  // equal to the root: a higher id, so not better
-            if ((int64_t)heap.size() < k) {
-                heap.emplace_back(xr[i], i);
-                std::push_heap(heap.begin(), heap.end(), before);
-                if ((int64_t)heap.size() == k) floor = heap.front().first;
-            } else {
-                std::pop_heap(heap.begin(), heap.end(), before);
-                heap.back() = {xr[i], i};
-                std::push_heap(heap.begin(), heap.end(), before);
-                floor = heap.front().first;
-            }
+            if (!(xr[i] > floor)) continue;  // equal to the worst kept: a higher id, not better
+            while (p < T && skip[p] < i) ++p;
+            if (p < T && skip[p] == i) continue;
+            offer(heap, k, {xr[i], i});
+            if ((int64_t)heap.size() == k) floor = heap.front().first;
         }
     }
+    return 0;
+}
+
+int topk_row(const float* xr, int64_t V, int64_t k, std::vector<Entry>& heap) {
+    if (topk_scan(xr, V, k, heap, nullptr, 0, nullptr)) return 1;
     std::sort(heap.begin(), heap.end(), before);
     return 0;
 }
@@ -396,50 +389,11 @@ int temperance_topk_override(const float* x, int64_t B, int64_t V, const int64_t
                              int64_t* ids, float* rawmax) {
     thread_local std::vector<Entry> heap;
     for (int64_t r = 0; r < B; ++r) {
-        const float* xr = x + r * V;
         const int64_t* oi = ov_ids + r * T;
         const float* ovr = ov_vals + r * T;
-        const int64_t kr = k[r];
-        float hi;
-        if (max_row(xr, V, hi)) return 1;
-        rawmax[r] = hi;
-        heap.clear();
-        float floor = -FINF;
-        int64_t p = 0;  // next override at or after the current position
-        constexpr int L = 16;
-        for (int64_t i0 = 0; i0 < V; i0 += L) {
-            const int64_t e = std::min(V, i0 + L);
-            int hit = 0;
-            for (int64_t i = i0; i < e; ++i) hit |= xr[i] > floor;
-            if (!hit) continue;
-            for (int64_t i = i0; i < e; ++i) {
-                while (p < T && oi[p] < i) ++p;
-                if (p < T && oi[p] == i) continue;  // an edited token: entered below
-                if (!(xr[i] > floor)) continue;
-                if ((int64_t)heap.size() < kr) {
-                    heap.emplace_back(xr[i], i);
-                    std::push_heap(heap.begin(), heap.end(), before);
-                    if ((int64_t)heap.size() == kr) floor = heap.front().first;
-                } else {
-                    std::pop_heap(heap.begin(), heap.end(), before);
-                    heap.back() = {xr[i], i};
-                    std::push_heap(heap.begin(), heap.end(), before);
-                    floor = heap.front().first;
-                }
-            }
-        }
-        for (int64_t j = 0; j < T && oi[j] < V; ++j) {  // the edited tokens, any order of ids
-            const Entry c{ovr[j], oi[j]};
-            if (!(c.first > -FINF)) continue;
-            if ((int64_t)heap.size() < kr) {
-                heap.push_back(c);
-                std::push_heap(heap.begin(), heap.end(), before);
-            } else if (before(c, heap.front())) {
-                std::pop_heap(heap.begin(), heap.end(), before);
-                heap.back() = c;
-                std::push_heap(heap.begin(), heap.end(), before);
-            }
-        }
+        if (topk_scan(x + r * V, V, k[r], heap, oi, T, rawmax + r)) return 1;
+        for (int64_t j = 0; j < T && oi[j] < V; ++j)  // the edited tokens, with their new values
+            if (ovr[j] > -FINF) offer(heap, k[r], {ovr[j], oi[j]});
         std::sort(heap.begin(), heap.end(), [](const Entry& a, const Entry& b) { return a.second < b.second; });
         float* vr = vals + r * kmax;
         int64_t* ir = ids + r * kmax;

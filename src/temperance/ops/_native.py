@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-FLAGS = ["-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno"]
+FLAGS = ["-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno", "-fopenmp-simd"]
 _SRC = Path(__file__).with_name("_native.cpp")
 _lock = threading.Lock()
 _state: dict = {"lib": None, "tried": False, "on": os.environ.get("TEMPERANCE_NATIVE", "1") != "0"}
