@@ -158,3 +158,27 @@ def test_threshold_ops_equal_their_torch_path(name):
         b = op(x, **kw)
         d = Chain(name).candidates(x, Batch([SamplingParams(**{name: 0.05 if name == "min_p" else 7})] * 200))
     assert torch.equal(a, b) and torch.equal(c.dense(), d.dense())
+
+
+@needs_native
+@pytest.mark.parametrize("seed", range(4))
+def test_penalties_then_top_k_in_one_native_call_equals_the_dense_chain(seed):
+    # the default chain's fast path (penalties -> top_k in one pass) against the dense stages
+    rng = np.random.default_rng(seed)
+    B, V = 24, [50, 700, 5000, 40000][seed]
+    x = rows(seed, B, V)
+    x[:, 0] = 1e30  # a huge logit penalised or not
+    params = [SamplingParams(top_k=int(rng.choice([1, 3, 40])), repetition_penalty=float(rng.choice([0.5, 1.0, 1.3])),
+                             frequency_penalty=float(rng.choice([0, 0.4, -0.7])),
+                             presence_penalty=float(rng.choice([0, 0.3, -2.0])),
+                             penalty_last_n=int(rng.choice([-1, 0, 4, 64])), temperature=0.7, seed=i)
+              for i in range(B)]
+    history = [list(rng.integers(0, min(V, 30), int(rng.integers(0, 100)))) for _ in range(B)]
+    b = Batch(params, history=history)
+    chain = Chain(params[0])
+    with _native.use(True):
+        fast = chain.candidates(x, b).dense()
+    with _native.use(False):
+        dense = chain(x, b)
+        slow = chain.candidates(x, b).dense()
+    assert torch.equal(fast, dense) and torch.equal(slow, dense)

@@ -181,6 +181,15 @@ class Chain:
         boundary could hide a token; the caller then takes the dense path.
         """
         B, V = logits.shape
+        if pre == ["penalties"] and _native.usable(logits):  # the default chain: one native call
+            k = batch.knob
+            r = _native.penalized_topk(logits, window(batch.history, k("penalty_last_n")),
+                                       k("repetition_penalty"), k("frequency_penalty"),
+                                       k("presence_penalty"), k("top_k"), max(p.top_k for p in batch.params))
+            if r is not None:
+                vals, ids, rawmax = r
+                check_rows(rawmax.view(-1, 1))
+                return Candidates(vals, ids, V)
         parts = []
         if "penalties" in pre:
             parts.append(window(batch.history, batch.knob("penalty_last_n")))

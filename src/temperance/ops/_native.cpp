@@ -404,6 +404,72 @@ int temperance_topk_override(const float* x, int64_t B, int64_t V, const int64_t
     return 0;
 }
 
+// Repetition/frequency/presence penalties followed by top-k, on rows x [B, V] whose penalty
+// windows are hist [B, W] (token ids, -1 = none): the rule of ops.penalties (each distinct token
+// in the window: logit / theta if positive, * theta otherwise, once; then - count * freq - pres;
+// non-finite logits untouched; the result clamped to float32's range) applied to just those
+// tokens, float32 operation for operation as torch does them, then each row's k[r] best (ties to
+// the lower id) in token-id order into vals/ids [B, kmax]; rawmax = each raw row's maximum.
+// Returns 1 if a row holds NaN.
+int temperance_penalized_topk(const float* x, int64_t B, int64_t V, int64_t W, const int64_t* hist,
+                              const float* theta, const float* freq, const float* pres,
+                              const int64_t* k, int64_t kmax, float* vals, int64_t* ids,
+                              float* rawmax) {
+    thread_local std::vector<Entry> heap;
+    thread_local std::vector<int64_t> win, uid;
+    thread_local std::vector<float> uval;
+    const float FMAX = std::numeric_limits<float>::max();
+    for (int64_t r = 0; r < B; ++r) {
+        const float* xr = x + r * V;
+        win.clear();
+        for (int64_t j = 0; j < W; ++j)
+            if (hist[r * W + j] >= 0) win.push_back(hist[r * W + j]);
+        std::sort(win.begin(), win.end());
+        uid.clear();
+        uval.clear();
+        for (size_t j = 0; j < win.size();) {
+            size_t e = j;
+            while (e < win.size() && win[e] == win[j]) ++e;
+            const float old = xr[win[j]];
+            float v = old;
+            if (std::isfinite(old)) {
+                v = old > 0 ? old / theta[r] : old * theta[r];
+                const float cf = (float)(e - j) * freq[r];
+                v = v - cf;
+                v = v - pres[r];
+                v = std::min(std::max(v, -FMAX), FMAX);
+            }
+            uid.push_back(win[j]);
+            uval.push_back(v);
+            j = e;
+        }
+        if (topk_scan(xr, V, k[r], heap, uid.data(), (int64_t)uid.size(), rawmax + r)) return 1;
+        for (size_t j = 0; j < uid.size(); ++j)
+            if (uval[j] > -FINF) offer(heap, k[r], {uval[j], uid[j]});
+        std::sort(heap.begin(), heap.end(), [](const Entry& a, const Entry& b) { return a.second < b.second; });
+        float* vr = vals + r * kmax;
+        int64_t* ir = ids + r * kmax;
+        int64_t j = 0;
+        for (; j < (int64_t)heap.size(); ++j) { vr[j] = heap[j].first; ir[j] = heap[j].second; }
+        for (; j < kmax; ++j) { vr[j] = -FINF; ir[j] = V; }
+    }
+    return 0;
+}
+
+// Min-p written densely: per row t = max + lmp[r] (float32, as torch adds them; lmp = log(min_p),
+// -inf for min_p = 0), out = x where x >= t, -inf elsewhere (out may be x). 1 if a row holds NaN.
+int temperance_min_p_dense(const float* x, int64_t B, int64_t V, const float* lmp, float* out) {
+    for (int64_t r = 0; r < B; ++r) {
+        const float* xr = x + r * V;
+        float* o = out + r * V;
+        float hi;
+        if (max_row(xr, V, &hi)) return 1;
+        const float t = hi + lmp[r];
+        for (int64_t i = 0; i < V; ++i) o[i] = xr[i] >= t ? xr[i] : -FINF;
+    }
+    return 0;
+}
+
 // Per row, how many entries are >= t[r] (NaN never is); returns the largest count (at least 1).
 int64_t temperance_count_ge(const float* x, int64_t B, int64_t V, const double* t, int64_t* n) {
     int64_t nmax = 1;

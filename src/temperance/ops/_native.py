@@ -25,7 +25,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-FLAGS = ["-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno", "-fopenmp-simd"]
+# -ffp-contract=off: no fused multiply-adds, so float32 arithmetic matches torch's op for op
+FLAGS = ["-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno", "-fopenmp-simd",
+         "-ffp-contract=off"]
 _SRC = Path(__file__).with_name("_native.cpp")
 _lock = threading.Lock()
 _state: dict = {"lib": None, "tried": False, "on": os.environ.get("TEMPERANCE_NATIVE", "1") != "0"}
@@ -38,6 +40,8 @@ SIGNATURES = {
     "temperance_cut_dense": (None, [_P, _I, _I, ctypes.c_int, _P, _P, _P, _P]),
     "temperance_cut_compact": (None, [_P, _I, _I, ctypes.c_int, _P, _P, _P, _I, _P, _P]),
     "temperance_count_ge": (_I, [_P, _I, _I, _P, _P]),
+    "temperance_min_p_dense": (ctypes.c_int, [_P, _I, _I, _P, _P]),
+    "temperance_penalized_topk": (ctypes.c_int, [_P, _I, _I, _I, _P, _P, _P, _P, _P, _I, _P, _P, _P]),
     "temperance_topk": (ctypes.c_int, [_P, _I, _I, _I, _P, _P]),
     "temperance_topk_dense": (ctypes.c_int, [_P, _I, _I, _P, _P]),
     "temperance_topk_override": (ctypes.c_int, [_P, _I, _I, _P, _I, _I, _P, _P, _P, _P, _P]),
@@ -106,9 +110,9 @@ def use(on: bool):
 
 
 def usable(x: Tensor) -> bool:
-    """Can the kernels take ``x`` (a CPU float32 [B, V] tensor whose rows are contiguous)?"""
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and x.is_contiguous()
-            and x.shape[1] > 0 and lib() is not None)
+    """Can the kernels take ``x`` (a contiguous CPU float32 [B, V] tensor)?"""
+    return (x.dtype is torch.float32 and x.is_cpu and x.is_contiguous() and x.shape[1] > 0
+            and (_state["lib"] is not None if _state["tried"] else lib() is not None) and _state["on"])
 
 
 def _ptr(t: Tensor) -> int:
@@ -165,12 +169,6 @@ def at_least(x: Tensor, t: Tensor):
     return compact(x, 0, t, t, q, int(K))
 
 
-def dense_at_least(x: Tensor, t: Tensor, out: Tensor | None = None) -> Tensor:
-    """x where x >= t (``[B, 1]``, float32 values), -inf elsewhere, in one pass."""
-    t = t.to(torch.float64).contiguous()
-    return dense(x, 0, t, t, torch.full((x.shape[0],), ALL, dtype=torch.int64), out=out)
-
-
 def uniform(seed: Tensor, step: Tensor, index: Tensor, salt: int) -> Tensor:
     """`temperance.noise.uniform`, bit for bit (seed, step ``[B]`` int64; index ``[B, K]`` int64)."""
     seed, step, index = seed.contiguous(), step.contiguous(), index.contiguous()  # (kept alive)
@@ -210,5 +208,30 @@ def topk_override(x: Tensor, k: Tensor, kmax: int, ov_ids: Tensor, ov_vals: Tens
     rawmax = torch.empty(B, dtype=torch.float32)
     if lib().temperance_topk_override(_ptr(x), B, V, _ptr(k), kmax, ov_ids.shape[1], _ptr(ov_ids),
                                       _ptr(ov_vals), _ptr(vals), _ptr(ids), _ptr(rawmax)):
+        return None
+    return vals, ids, rawmax
+
+
+def min_p_dense(x: Tensor, log_min_p: Tensor, out: Tensor | None = None) -> Tensor | None:
+    """Min-p in one call: x where x >= max + log(min_p) per row, -inf elsewhere (``out=x``: in
+    place). None if a row holds NaN."""
+    lmp = column(log_min_p, x.shape[0], torch.float32)
+    out = torch.empty_like(x) if out is None else out
+    return None if lib().temperance_min_p_dense(_ptr(x), x.shape[0], x.shape[1], _ptr(lmp), _ptr(out)) else out
+
+
+def penalized_topk(x: Tensor, window: Tensor, theta: Tensor, freq: Tensor, pres: Tensor, k: Tensor,
+                   kmax: int) -> tuple[Tensor, Tensor, Tensor] | None:
+    """Penalties (over the penalty ``window`` ``[B, W]``, -1 padded) then top-k, in one call: as
+    `topk_override` returns. theta/freq/pres ``[B]`` float32, k ``[B]`` int64."""
+    B, V = x.shape
+    window = window.to(torch.int64).contiguous()
+    theta, freq, pres = (t.to(torch.float32).contiguous() for t in (theta, freq, pres))
+    k = k.contiguous()
+    vals, ids = torch.empty(B, kmax, dtype=torch.float32), torch.empty(B, kmax, dtype=torch.int64)
+    rawmax = torch.empty(B, dtype=torch.float32)
+    if lib().temperance_penalized_topk(_ptr(x), B, V, window.shape[1], _ptr(window), _ptr(theta),
+                                       _ptr(freq), _ptr(pres), _ptr(k), kmax, _ptr(vals), _ptr(ids),
+                                       _ptr(rawmax)):
         return None
     return vals, ids, rawmax

@@ -43,7 +43,9 @@ def candidates(x: Tensor, min_p):
 def _min_p_(x: Tensor, min_p) -> Tensor:
     """Min-p on ``x`` in place (x is the caller's own working tensor)."""
     if _native.usable(x):
-        return _native.dense_at_least(x, threshold(x, min_p), out=x)
+        y = _native.min_p_dense(x, torch.log(col(min_p, x)), out=x)
+        if y is not None:
+            return y
     return candidates(x, min_p).into(x)
 
 
@@ -54,7 +56,9 @@ def min_p(logits: Tensor, *, min_p=0.0) -> Tensor:
     if is_neutral("min_p", min_p):
         return logits.clone()
     if _native.usable(logits):
-        return _native.dense_at_least(logits, threshold(logits, min_p))
+        y = _native.min_p_dense(logits, torch.log(col(min_p, logits)))
+        if y is not None:
+            return y
     return candidates(logits, min_p).dense()
 
 
