@@ -182,3 +182,12 @@ def test_penalties_then_top_k_in_one_native_call_equals_the_dense_chain(seed):
         dense = chain(x, b)
         slow = chain.candidates(x, b).dense()
     assert torch.equal(fast, dense) and torch.equal(slow, dense)
+
+
+def test_gumbel_scores_are_logits_plus_gumbel_bit_for_bit():
+    from temperance import noise
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, 50000, (16, 300), generator=g)
+    seed, step = torch.randint(0, 2**62, (16,), generator=g), torch.arange(16)
+    logits = torch.randn(16, 300, generator=g) * 5
+    assert torch.equal(noise.gumbel_scores(seed, step, ids, logits), noise.gumbel(seed, step, ids) + logits)

@@ -72,7 +72,7 @@ def pick(x: Tensor | Candidates, *, seed: Tensor, step: Tensor, greedy: Tensor |
     else:
         seed = torch.as_tensor(seed, dtype=torch.int64, device=device).expand(B)
         step = torch.as_tensor(step, dtype=torch.int64, device=device).expand(B)
-        score = noise.gumbel(seed, step, c.ids).add_(l)  # float64 [B, K]
+        score = noise.gumbel_scores(seed, step, c.ids, l)  # float64 [B, K]
         if some:
             score = torch.where(greedy, l.double(), score)
     pos = score.argmax(-1, keepdim=True)  # first maximum: lowest id, since ids ascend in a row

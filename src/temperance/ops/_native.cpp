@@ -15,6 +15,9 @@
 
 #include <algorithm>
 #include <cmath>
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
 #include <cstdint>
 #include <cstring>
 #include <limits>
@@ -23,7 +26,7 @@
 
 namespace {
 
-constexpr int NB = 4096;       // histogram bins per row
+constexpr int NB = 1024;       // histogram bins per row
 constexpr double RCAP = 80.0;  // keys beyond this (nats) share the last bin: their mass is < e^-80
 constexpr int64_t ALL = std::numeric_limits<int64_t>::max() / 4;  // "q": keep every tie
 const float FINF = std::numeric_limits<float>::infinity();
@@ -36,20 +39,28 @@ inline double exp_le0(double d) {
     const double km = dd * 1.4426950408889634 + MAGIC;
     const double k = km - MAGIC;
     const double r = (dd - k * 6.93147180369123816490e-01) - k * 1.90821492927058770002e-10;
+    // Horner with explicit fused multiply-adds where the CPU has them (the build turns off implicit
+    // contraction elsewhere, so that float32 arithmetic matches torch's op for op)
+#ifdef __FMA__
+#define TEMPERANCE_MADD(a, b, c) std::fma(a, b, c)
+#else
+#define TEMPERANCE_MADD(a, b, c) ((a) * (b) + (c))
+#endif
     double p = 1.0 / 6227020800.0;
-    p = p * r + 1.0 / 479001600.0;
-    p = p * r + 1.0 / 39916800.0;
-    p = p * r + 1.0 / 3628800.0;
-    p = p * r + 1.0 / 362880.0;
-    p = p * r + 1.0 / 40320.0;
-    p = p * r + 1.0 / 5040.0;
-    p = p * r + 1.0 / 720.0;
-    p = p * r + 1.0 / 120.0;
-    p = p * r + 1.0 / 24.0;
-    p = p * r + 1.0 / 6.0;
-    p = p * r + 0.5;
-    p = p * r + 1.0;
-    p = p * r + 1.0;
+    p = TEMPERANCE_MADD(p, r, 1.0 / 479001600.0);
+    p = TEMPERANCE_MADD(p, r, 1.0 / 39916800.0);
+    p = TEMPERANCE_MADD(p, r, 1.0 / 3628800.0);
+    p = TEMPERANCE_MADD(p, r, 1.0 / 362880.0);
+    p = TEMPERANCE_MADD(p, r, 1.0 / 40320.0);
+    p = TEMPERANCE_MADD(p, r, 1.0 / 5040.0);
+    p = TEMPERANCE_MADD(p, r, 1.0 / 720.0);
+    p = TEMPERANCE_MADD(p, r, 1.0 / 120.0);
+    p = TEMPERANCE_MADD(p, r, 1.0 / 24.0);
+    p = TEMPERANCE_MADD(p, r, 1.0 / 6.0);
+    p = TEMPERANCE_MADD(p, r, 0.5);
+    p = TEMPERANCE_MADD(p, r, 1.0);
+    p = TEMPERANCE_MADD(p, r, 1.0);
+#undef TEMPERANCE_MADD
     int64_t kb, mb;
     std::memcpy(&kb, &km, 8);
     std::memcpy(&mb, &MAGIC, 8);
@@ -77,7 +88,7 @@ struct Scratch {
     std::vector<std::pair<double, int64_t>> band;
     void size(int64_t V) {
         if ((int64_t)w.size() < V) { w.resize(V); key.resize(V); bin.resize(V); }
-        hm.assign(2 * NB, 0.0);
+        hm.assign(4 * NB, 0.0);
     }
 };
 
@@ -130,15 +141,17 @@ int cut_row(const float* x, int64_t V, int mode, double target, Scratch& s, doub
             bin[i] = (int32_t)std::min(key[i] * sc, (double)(NB - 1));
         }
     }
-    double* hm = s.hm.data();  // two interleaved histograms: half the store-to-load chains
-    double* h2 = hm + NB;
+    double* hm = s.hm.data();  // four interleaved histograms: shorter store-to-load chains
+    double *h1 = hm + NB, *h2 = hm + 2 * NB, *h3 = hm + 3 * NB;
     int64_t i2 = 0;
-    for (; i2 + 2 <= V; i2 += 2) {
+    for (; i2 + 4 <= V; i2 += 4) {
         hm[bin[i2]] += w[i2];
-        h2[bin[i2 + 1]] += w[i2 + 1];
+        h1[bin[i2 + 1]] += w[i2 + 1];
+        h2[bin[i2 + 2]] += w[i2 + 2];
+        h3[bin[i2 + 3]] += w[i2 + 3];
     }
-    if (i2 < V) hm[bin[i2]] += w[i2];
-    for (int b2 = 0; b2 < NB; ++b2) hm[b2] += h2[b2];
+    for (; i2 < V; ++i2) hm[bin[i2]] += w[i2];
+    for (int b2 = 0; b2 < NB; ++b2) hm[b2] += (h1[b2] + h2[b2]) + h3[b2];
     const double goal = target * z;
     double acc = 0.0;
     int b = 0;
@@ -188,6 +201,34 @@ int cut_row(const float* x, int64_t V, int mode, double target, Scratch& s, doub
     q = more ? ties : ALL;
     n = before + (int64_t)j + 1;
     return 0;
+}
+
+// Copy the entries >= t of a row (values and ids, in order) to vals/ids; returns how many. The
+// caller has room for all of them. AVX-512 compresses 16 at a time; elsewhere a branch-free loop.
+int64_t select_ge(const float* x, int64_t V, float t, float* vals, int64_t* ids) {
+    int64_t k = 0, i = 0;
+#ifdef __AVX512F__
+    const __m512 tv = _mm512_set1_ps(t);
+    const __m512i step = _mm512_set1_epi64(8);
+    __m512i lo = _mm512_setr_epi64(0, 1, 2, 3, 4, 5, 6, 7);
+    for (; i + 16 <= V; i += 16) {
+        const __m512 v = _mm512_loadu_ps(x + i);
+        const __mmask16 m = _mm512_cmp_ps_mask(v, tv, _CMP_GE_OQ);
+        const __m512i hi = _mm512_add_epi64(lo, step);
+        if (m) {
+            _mm512_mask_compressstoreu_ps(vals + k, m, v);
+            const __mmask8 m0 = (__mmask8)(m & 0xFF), m1 = (__mmask8)(m >> 8);
+            _mm512_mask_compressstoreu_epi64(ids + k, m0, lo);
+            const int64_t k0 = __builtin_popcount(m0);
+            _mm512_mask_compressstoreu_epi64(ids + k + k0, m1, hi);
+            k += k0 + __builtin_popcount(m1);
+        }
+        lo = _mm512_add_epi64(hi, step);
+    }
+#endif
+    for (; i < V; ++i)
+        if (x[i] >= t) { vals[k] = x[i]; ids[k++] = i; }
+    return k;
 }
 
 inline bool above(const float* x, int64_t i, int mode, double kstar, double c, bool& tie) {
@@ -252,12 +293,8 @@ void temperance_cut_compact(const float* x, int64_t B, int64_t V, int mode, cons
         int64_t* ir = ids + r * K;
         const double ks = kstar[r], c = center[r];
         int64_t ties = 0, k = 0;
-        if (q[r] >= ALL && mode == 0) {  // branch-free: write every entry, advance on the kept ones
-            for (int64_t i = 0; i < V && k < K; ++i) {
-                vr[k] = xr[i];
-                ir[k] = i;
-                k += (double)xr[i] >= ks;
-            }
+        if (q[r] >= ALL && mode == 0) {  // keep x >= t: exactly the row's n entries (n <= K)
+            k = select_ge(xr, V, (float)ks, vr, ir);  // (ks is a logit value: exact as a float)
         } else {
             for (int64_t i = 0; i < V && k < K; ++i) {
                 bool tie;
