@@ -31,6 +31,7 @@ import time
 import torch
 
 from temperance import Batch, Chain, SamplingParams, ops
+from temperance.ops._cut import goal
 
 DEFAULT = dict(repetition_penalty=1.1, penalty_last_n=64, top_k=40, top_p=0.95, min_p=0.05,
                temperature=0.8)
@@ -61,9 +62,14 @@ OPS = {  # name: (our op, its knobs, the transformers warper and its argument)
 }
 
 
+def reach(p: float) -> float:
+    """The mass that "reaches p within float32 rounding" (the rule of temperance.ops._cut)."""
+    return float(goal(torch.tensor([p])))
+
+
 def ref64(name: str, x: torch.Tensor, p: float) -> torch.Tensor:
     """Kept masks of top-p / typical by their float64 definition (stable sort by the key, ties by
-    token id, the shortest prefix whose float64 mass reaches p)."""
+    token id, the shortest prefix whose float64 mass reaches p within float32 rounding)."""
     x = x.double()
     logp = torch.log_softmax(x, -1)
     if name == "top_p":
@@ -71,7 +77,7 @@ def ref64(name: str, x: torch.Tensor, p: float) -> torch.Tensor:
     else:
         key = (-logp - torch.where(logp > -torch.inf, -logp.exp() * logp, 0.0).sum(-1, keepdim=True)).abs()
     order = torch.sort(key, dim=-1, stable=True).indices
-    n = (logp.exp().gather(1, order).cumsum(-1) < p).sum(-1, keepdim=True) + 1
+    n = (logp.exp().gather(1, order).cumsum(-1) < reach(p)).sum(-1, keepdim=True) + 1
     return torch.zeros_like(x, dtype=torch.bool).scatter_(1, order, torch.arange(x.shape[1]) < n)
 
 
@@ -123,11 +129,11 @@ def kept_check(cfg, B, V, hist, procs, rows=64):
     differ = (ours != theirs).any(-1)
     ties = ours_right = 0
     for i in differ.nonzero().view(-1).tolist():
-        if set(cfg) == {"top_p"}:  # float64 reference: value desc, id asc, shortest prefix >= p
+        if set(cfg) == {"top_p"}:  # float64 reference: value desc, id asc, shortest prefix reaching p
             row = x[i].double()
             order = sorted(range(V), key=lambda j: (-row[j].item(), j))
             q = torch.softmax(row, -1)[order].cumsum(0)
-            n = int((q < cfg["top_p"]).sum()) + 1
+            n = int((q < reach(cfg["top_p"])).sum()) + 1
             ref = torch.zeros(V, dtype=torch.bool)
             ref[order[:n]] = True
             ours_right += bool(torch.equal(ref, ours[i]))

@@ -1,17 +1,22 @@
-// Native row kernels for the mass-based truncation samplers (top-p, typical) on CPU float32 rows.
+// Native CPU kernels for temperance's samplers (float32 rows, row-major [B, V]).
 //
-// Built on first use by temperance/ops/_native.py (g++ -O3, no torch headers; cached under
-// ~/.cache/temperance/native) and called through ctypes. The pure-torch code in ops/_cut.py is the
-// reference: tests check that both give identical kept sets. Nothing here is needed for correctness.
+// Built on first use by temperance/ops/_native.py (g++ -O3 -march=native, no torch headers; cached
+// under ~/.cache/temperance/native) and called through ctypes. The pure-torch code is the reference
+// (ops/_cut.py, ops/top_k.py, noise.py, ...): tests check that both give identical results, so
+// nothing here is needed for correctness. Float32 arithmetic that must match torch's is written op
+// for op (the build turns off implicit FMA contraction).
 //
-// A *cut* keeps the shortest prefix of a row, in (key ascending, token id ascending) order, whose
-// probability mass reaches target * z (masses w_i = exp(x_i - max) in float64, z = sum w_i). It is
-// returned as (kstar, q, n): keep every token with key < kstar plus the first q tokens (lowest ids)
-// with key == kstar, n tokens in all.
+// Mass cuts (top-p, typical). A *cut* keeps the shortest prefix of a row, in (key ascending, token
+// id ascending) order, whose probability mass reaches target * z (masses w_i = exp(x_i - max) in
+// float64, z = sum w_i). It is returned as (kstar, q, n): keep every token with key < kstar plus
+// the first q tokens (lowest ids) with key == kstar, n tokens in all.
 //   mode 0 (top-p):   key = -x  (kstar is reported as the logit value t: keep x > t, q ties at t)
 //   mode 1 (typical): key = |x - c| in float64, c = E_p[x] = max + sum(w d) / z
 // One read of the row for max/min, one for the masses and a histogram of the keys (NB bins), then
 // only the bin holding the crossing token is sorted. The row stays in cache between the passes.
+//
+// Top-k: a heap of the k best by (value desc, id asc), fed by a block scan that skips blocks of 16
+// which cannot beat the heap's worst entry.
 
 #include <algorithm>
 #include <cmath>
@@ -333,17 +338,24 @@ inline void offer(std::vector<Entry>& heap, int64_t k, const Entry& c) {
     }
 }
 
+inline int has_nan(const float* x, int64_t V) {
+    int nan = 0;
+    for (int64_t i = 0; i < V; ++i) nan |= x[i] != x[i];  // (a streaming pass: fast)
+    return nan;
+}
+
 // The maximum of a row (+inf counts); returns 1 if the row holds NaN. (`omp simd` lets the max
 // reduction vectorise: max is exact in any order; -fopenmp-simd needs no OpenMP runtime.)
 int max_row(const float* x, int64_t V, float* hi) {
     int nan = 0;
-    for (int64_t i = 0; i < V; ++i) nan |= x[i] != x[i];
-    if (nan || hi == nullptr) return nan;
     float h = -FINF;
-#pragma omp simd reduction(max : h)
-    for (int64_t i = 0; i < V; ++i) h = x[i] > h ? x[i] : h;
-    *hi = h;
-    return 0;
+#pragma omp simd reduction(max : h) reduction(| : nan)
+    for (int64_t i = 0; i < V; ++i) {
+        h = x[i] > h ? x[i] : h;
+        nan |= x[i] != x[i];
+    }
+    if (hi != nullptr) *hi = h;
+    return nan;
 }
 
 // The k best entries of a row (above -inf) into `heap`, ties to the lower id, skipping the
@@ -352,7 +364,7 @@ int max_row(const float* x, int64_t V, float* hi) {
 // of whether any entry can beat the heap's worst (most cannot).
 int topk_scan(const float* xr, int64_t V, int64_t k, std::vector<Entry>& heap, const int64_t* skip,
               int64_t T, float* hi) {
-    if (max_row(xr, V, hi)) return 1;
+    if (hi != nullptr ? max_row(xr, V, hi) : has_nan(xr, V)) return 1;
     heap.clear();
     float floor = -FINF;  // entries must beat this: the heap's worst value once it is full
     int64_t p = 0;        // the next skipped position at or after the current one

@@ -1,12 +1,18 @@
-"""Optional native kernels (``_native.cpp``) for the mass-based cuts of top-p and typical on CPU.
+"""Optional native CPU kernels (``_native.cpp``) for the hot paths of the samplers.
 
-The pure-torch code in `temperance.ops._cut` is the reference and is always correct; this module
-only makes CPU float32 rows faster. On first use it compiles ``_native.cpp`` with the system C++
-compiler (no torch headers, about a second) into ``~/.cache/temperance/native`` (or
-``$XDG_CACHE_HOME/temperance/native``), keyed by the source, the flags and the CPU, and loads it with
-ctypes. Nothing is printed: if there is no compiler or the build fails, `lib()` returns None and the
-torch path runs. ``TEMPERANCE_NATIVE=0`` turns it off; `use(False)` does the same in-process (tests
-compare both paths).
+What they do, each one pass over a row (per row in cache): the mass cuts of top-p and typical
+(`temperance.ops._cut`), top-k by a heap (alone, with a few tokens' values overridden, or after
+penalties applied to the window's distinct tokens), min-p, the copy of the entries above a
+threshold, and the counter-based noise of `temperance.noise` bit for bit. The pure-torch code is
+the reference and runs wherever these do not (GPUs, other dtypes, no compiler); tests check that
+both give identical results.
+
+On first use ``_native.cpp`` is compiled with the system C++ compiler (``$CXX``, else g++ or c++;
+no torch headers, about a second) into ``$XDG_CACHE_HOME/temperance/native`` (default
+``~/.cache/temperance/native``), keyed by the source, the flags and the CPU, and loaded with
+ctypes. Nothing is printed: without a compiler, or if the build fails, `lib()` returns None and the
+torch path runs. ``TEMPERANCE_NATIVE=0`` turns the kernels off; `use(False)` does the same
+in-process (tests compare both paths).
 """
 
 from __future__ import annotations
