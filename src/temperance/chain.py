@@ -183,13 +183,13 @@ class Chain:
         B, V = logits.shape
         if pre == ["penalties"] and _native.usable(logits):  # the default chain: one native call
             k = batch.knob
-            r = _native.penalized_topk(logits, window(batch.history, k("penalty_last_n")),
-                                       k("repetition_penalty"), k("frequency_penalty"),
-                                       k("presence_penalty"), k("top_k"), max(p.top_k for p in batch.params))
-            if r is not None:
-                vals, ids, rawmax = r
-                check_rows(rawmax.view(-1, 1))
-                return Candidates(vals, ids, V)
+            r = _native.penalized_topk(logits, batch.history, k("penalty_last_n"), k("repetition_penalty"),
+                                       k("frequency_penalty"), k("presence_penalty"), k("top_k"),
+                                       max(p.top_k for p in batch.params))
+            if r == 2:  # a row's maximum is +inf or -inf: say which row, and why
+                check_rows(logits)
+            if not isinstance(r, int):
+                return Candidates(*r[:2], V)
         parts = []
         if "penalties" in pre:
             parts.append(window(batch.history, batch.knob("penalty_last_n")))
@@ -267,7 +267,7 @@ class Chain:
             if stage.compact is not None and batch.all_active(stage.name):
                 if any(s.reads_ids or s.row_length for s in stages[i + 1:]):
                     return None
-                if stage.name == "top_k" and int(batch.knob("top_k").max()) >= V:
+                if stage.name == "top_k" and max(p.top_k for p in batch.params) >= V:  # host-side
                     return None
                 return i
         return None  # (stages before the compaction point run densely, as in __call__)

@@ -453,17 +453,18 @@ int temperance_topk_override(const float* x, int64_t B, int64_t V, const int64_t
     return 0;
 }
 
-// Repetition/frequency/presence penalties followed by top-k, on rows x [B, V] whose penalty
-// windows are hist [B, W] (token ids, -1 = none): the rule of ops.penalties (each distinct token
+// Repetition/frequency/presence penalties followed by top-k, on rows x [B, V] with token
+// histories hist [B, L] (right-aligned, -1 = none) and penalty windows last_n [B] (the last n
+// tokens; -1 = all, 0 = none): the rule of ops.penalties (each distinct token
 // in the window: logit / theta if positive, * theta otherwise, once; then - count * freq - pres;
 // non-finite logits untouched; the result clamped to float32's range) applied to just those
 // tokens, float32 operation for operation as torch does them, then each row's k[r] best (ties to
 // the lower id) in token-id order into vals/ids [B, kmax]; rawmax = each raw row's maximum.
-// Returns 1 if a row holds NaN.
-int temperance_penalized_topk(const float* x, int64_t B, int64_t V, int64_t W, const int64_t* hist,
-                              const float* theta, const float* freq, const float* pres,
-                              const int64_t* k, int64_t kmax, float* vals, int64_t* ids,
-                              float* rawmax) {
+// Returns 1 if a row holds NaN, 2 if a row's maximum is +inf or -inf (the caller says which).
+int temperance_penalized_topk(const float* x, int64_t B, int64_t V, int64_t L, const int64_t* hist,
+                              const int64_t* last_n, const float* theta, const float* freq,
+                              const float* pres, const int64_t* k, int64_t kmax, float* vals,
+                              int64_t* ids, float* rawmax) {
     thread_local std::vector<Entry> heap;
     thread_local std::vector<int64_t> win, uid;
     thread_local std::vector<float> uval;
@@ -471,8 +472,9 @@ int temperance_penalized_topk(const float* x, int64_t B, int64_t V, int64_t W, c
     for (int64_t r = 0; r < B; ++r) {
         const float* xr = x + r * V;
         win.clear();
-        for (int64_t j = 0; j < W; ++j)
-            if (hist[r * W + j] >= 0) win.push_back(hist[r * W + j]);
+        const int64_t n = last_n[r] < 0 ? L : std::min(last_n[r], L);
+        for (int64_t j = L - n; j < L; ++j)
+            if (hist[r * L + j] >= 0) win.push_back(hist[r * L + j]);
         std::sort(win.begin(), win.end());
         uid.clear();
         uval.clear();
@@ -502,6 +504,8 @@ int temperance_penalized_topk(const float* x, int64_t B, int64_t V, int64_t W, c
         for (; j < (int64_t)heap.size(); ++j) { vr[j] = heap[j].first; ir[j] = heap[j].second; }
         for (; j < kmax; ++j) { vr[j] = -FINF; ir[j] = V; }
     }
+    for (int64_t r = 0; r < B; ++r)
+        if (!std::isfinite(rawmax[r])) return 2;
     return 0;
 }
 

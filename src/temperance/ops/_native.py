@@ -47,7 +47,7 @@ SIGNATURES = {
     "temperance_cut_compact": (None, [_P, _I, _I, ctypes.c_int, _P, _P, _P, _I, _P, _P]),
     "temperance_count_ge": (_I, [_P, _I, _I, _P, _P]),
     "temperance_min_p_dense": (ctypes.c_int, [_P, _I, _I, _P, _P]),
-    "temperance_penalized_topk": (ctypes.c_int, [_P, _I, _I, _I, _P, _P, _P, _P, _P, _I, _P, _P, _P]),
+    "temperance_penalized_topk": (ctypes.c_int, [_P, _I, _I, _I, _P, _P, _P, _P, _P, _P, _I, _P, _P, _P]),
     "temperance_topk": (ctypes.c_int, [_P, _I, _I, _I, _P, _P]),
     "temperance_topk_dense": (ctypes.c_int, [_P, _I, _I, _P, _P]),
     "temperance_topk_override": (ctypes.c_int, [_P, _I, _I, _P, _I, _I, _P, _P, _P, _P, _P]),
@@ -226,18 +226,18 @@ def min_p_dense(x: Tensor, log_min_p: Tensor, out: Tensor | None = None) -> Tens
     return None if lib().temperance_min_p_dense(_ptr(x), x.shape[0], x.shape[1], _ptr(lmp), _ptr(out)) else out
 
 
-def penalized_topk(x: Tensor, window: Tensor, theta: Tensor, freq: Tensor, pres: Tensor, k: Tensor,
-                   kmax: int) -> tuple[Tensor, Tensor, Tensor] | None:
-    """Penalties (over the penalty ``window`` ``[B, W]``, -1 padded) then top-k, in one call: as
-    `topk_override` returns. theta/freq/pres ``[B]`` float32, k ``[B]`` int64."""
+def penalized_topk(x: Tensor, history: Tensor, last_n: Tensor, theta: Tensor, freq: Tensor,
+                   pres: Tensor, k: Tensor, kmax: int) -> tuple[Tensor, Tensor, Tensor] | int:
+    """Penalties over each row's last ``last_n`` tokens of ``history`` ``[B, L]`` (right-aligned,
+    -1 padded), then top-k, in one call: (vals, ids) ``[B, kmax]`` in token-id order (padding -inf
+    / V) and each raw row's maximum; or 1 (a row holds NaN) / 2 (a row's maximum is not finite).
+    last_n, k ``[B]`` int64; theta/freq/pres ``[B]`` float32."""
     B, V = x.shape
-    window = window.to(torch.int64).contiguous()
-    theta, freq, pres = (t.to(torch.float32).contiguous() for t in (theta, freq, pres))
-    k = k.contiguous()
+    history, last_n, k = history.contiguous(), last_n.contiguous(), k.contiguous()
+    theta, freq, pres = theta.contiguous(), freq.contiguous(), pres.contiguous()
     vals, ids = torch.empty(B, kmax, dtype=torch.float32), torch.empty(B, kmax, dtype=torch.int64)
     rawmax = torch.empty(B, dtype=torch.float32)
-    if lib().temperance_penalized_topk(_ptr(x), B, V, window.shape[1], _ptr(window), _ptr(theta),
-                                       _ptr(freq), _ptr(pres), _ptr(k), kmax, _ptr(vals), _ptr(ids),
-                                       _ptr(rawmax)):
-        return None
-    return vals, ids, rawmax
+    bad = lib().temperance_penalized_topk(_ptr(x), B, V, history.shape[1], _ptr(history), _ptr(last_n),
+                                          _ptr(theta), _ptr(freq), _ptr(pres), _ptr(k), kmax,
+                                          _ptr(vals), _ptr(ids), _ptr(rawmax))
+    return bad or (vals, ids, rawmax)
