@@ -195,11 +195,11 @@ def topk(x: Tensor, k: int) -> tuple[Tensor, Tensor] | None:
     return vals, ids
 
 
-def topk_dense(x: Tensor, k: Tensor) -> Tensor | None:
+def topk_dense(x: Tensor, k: Tensor, out: Tensor | None = None) -> Tensor | None:
     """x on each row's k best entries (ties to the lower id), -inf elsewhere; k ``[B]`` (<= 0 or
-    >= V: the row unchanged). None if a row holds NaN."""
+    >= V: the row unchanged); ``out=x`` works in place. None if a row holds NaN."""
     k = k.to(torch.int64).reshape(-1).expand(x.shape[0]).contiguous()
-    out = torch.empty_like(x)
+    out = torch.empty_like(x) if out is None else out
     return None if lib().temperance_topk_dense(_ptr(x), x.shape[0], x.shape[1], _ptr(k), _ptr(out)) else out
 
 

@@ -23,21 +23,32 @@ from ._common import compact as _compact
 from ._topk import chunked_topk
 
 
-def _k(top_k, x: Tensor) -> tuple[Tensor, Tensor]:
-    """k as a ``[B, 1]`` column, and which rows are off (k <= 0 or k >= V: keep everything)."""
-    k = col(top_k, x, torch.int64)
-    return k, (k <= 0) | (k >= x.shape[1])
-
-
 def _top_k_(x: Tensor, top_k) -> Tensor:
     """Top-k on ``x`` in place (x is the caller's own working tensor)."""
-    k, off = _k(top_k, x)
-    if not bool(off.any()):
-        return compact(x, k).into(x)
-    on = (~off).view(-1).nonzero().view(-1)
-    if on.numel():
-        x[on] = compact(x[on], k[on]).dense()
-    return x
+    if _native.usable(x) and _native.topk_dense(x, torch.as_tensor(top_k), out=x) is not None:
+        return x
+    B, V = x.shape
+    k = col(top_k, x, torch.int64)  # [B, 1]
+    k = torch.where((k <= 0) | (k >= V), V, k)
+    kmax = int(k.max())
+    if kmax >= V:
+        if bool((k >= V).all()):
+            return x
+        kmax = V
+    vals, _ = chunked_topk(x, min(kmax + 1, V))
+    vals = torch.cat([vals, vals.new_full((B, 1), NEG_INF)], dim=1)  # so k == V can index
+    kth = vals.gather(1, k - 1)                 # the k-th largest value
+    after = vals.gather(1, k)                   # the (k+1)-th: equal to kth means a boundary tie
+    keep = x >= kth
+    tied = (after == kth) & (k < V) & torch.isfinite(kth)
+    if bool(tied.any()):  # more tokens equal the k-th value than fit: lowest ids win
+        rows = tied.view(-1).nonzero().view(-1)
+        xr = x[rows]
+        eq = xr == kth[rows]
+        need = k[rows] - (xr > kth[rows]).sum(-1, keepdim=True)
+        keep[rows] = (xr > kth[rows]) | (eq & (eq.cumsum(-1) <= need))
+    keep |= k >= V
+    return x.masked_fill_(~keep, NEG_INF)
 
 
 def top_k(logits: Tensor, *, top_k=0) -> Tensor:
@@ -48,12 +59,7 @@ def top_k(logits: Tensor, *, top_k=0) -> Tensor:
         y = _native.topk_dense(logits, torch.as_tensor(top_k))
         if y is not None:
             return y
-    k, off = _k(top_k, logits)
-    if bool(off.all()):
-        return logits.clone()
-    if bool(off.any()):
-        return _top_k_(logits.clone(), top_k)
-    return compact(logits, k).dense()
+    return _top_k_(logits.clone(), top_k)
 
 
 def compact(x: Tensor, top_k) -> "Candidates":  # noqa: F821
