@@ -215,7 +215,8 @@ class Chain:
                     1, column[:, : h.shape[1]], (h >= 0).to(edited.dtype))
                 _penalize_distinct(edited, counts, batch)
         k = batch.knob("top_k")
-        bans = "logit_bias" in pre and any(v == float("-inf") for p in batch.params for v in p.logit_bias.values())
+        bans = "logit_bias" in pre and any(v == float("-inf") for p in batch.params
+                                           for v in p.logit_bias.values())
         kmax = max(p.top_k for p in batch.params)  # host-side
         r = _native.topk_override(logits, k, kmax, uniq, edited) if _native.usable(logits) else None
         if r is not None:  # one pass: the raw row with the edited tokens' new values

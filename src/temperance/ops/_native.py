@@ -33,7 +33,9 @@ from torch import Tensor
 
 # -ffp-contract=off: no implicit fused multiply-adds, so float32 arithmetic matches torch's op for op
 FLAGS = ["-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno", "-fopenmp-simd",
-         "-ffp-contract=off"] + (["-mprefer-vector-width=512"] if platform.machine() in ("x86_64", "AMD64") else [])
+         "-ffp-contract=off"]
+if platform.machine() in ("x86_64", "AMD64"):
+    FLAGS.append("-mprefer-vector-width=512")
 _SRC = Path(__file__).with_name("_native.cpp")
 _lock = threading.Lock()
 _state: dict = {"lib": None, "tried": False, "on": os.environ.get("TEMPERANCE_NATIVE", "1") != "0"}
@@ -223,7 +225,8 @@ def min_p_dense(x: Tensor, log_min_p: Tensor, out: Tensor | None = None) -> Tens
     place). None if a row holds NaN."""
     lmp = column(log_min_p, x.shape[0], torch.float32)
     out = torch.empty_like(x) if out is None else out
-    return None if lib().temperance_min_p_dense(_ptr(x), x.shape[0], x.shape[1], _ptr(lmp), _ptr(out)) else out
+    bad = lib().temperance_min_p_dense(_ptr(x), x.shape[0], x.shape[1], _ptr(lmp), _ptr(out))
+    return None if bad else out
 
 
 def penalized_topk(x: Tensor, history: Tensor, last_n: Tensor, theta: Tensor, freq: Tensor,
