@@ -145,20 +145,15 @@ def _options(args: argparse.Namespace, kind: str) -> dict:
 
 def _configs(args: argparse.Namespace, opts: dict) -> list:
     """Expand the grid, with the sampler flags as base knobs under every configuration."""
-    from ..cli import SAMPLER_FLAGS
+    from ..params import FIELDS
 
     if getattr(args, "temperature", None) is not None:
         raise TemperanceError("--temp does not apply to eval: give --temperatures (or temperature= in a configuration)")
     base = {}
-    for f, _ in SAMPLER_FLAGS.values():
-        v = getattr(args, f, None)
-        if v is not None and f not in ("seed", "temperature"):
-            base[f] = v
-    if getattr(args, "dry_sequence_breakers", None):
-        base["dry_sequence_breakers"] = list(args.dry_sequence_breakers)
-    if getattr(args, "logit_bias", None):
-        from ..cli import _parse_bias
-        base["logit_bias"] = dict(_parse_bias(b) for b in args.logit_bias)
+    for k in FIELDS.values():  # the sampler flags, as each stage declares them
+        v = getattr(args, k.name, None)
+        if v is not None and k.name != "temperature":
+            base[k.name] = k.parse_flag(v) if k.parse_flag else v
     cfgs = opts["configs"]
     bodies = grid_mod.parse_configs(cfgs) if isinstance(cfgs, str) else list(cfgs)
     from ..request import LLAMA_NAMES

@@ -56,6 +56,7 @@ from ..chain import Chain
 from ..errors import TemperanceError
 from ..ops.mirostat import mirostat_update
 from ..params import SamplingParams
+from ..states import MirostatState
 
 __all__ = ["make_windows", "forward_logits", "score_block", "score_config", "SUMS", "BLOCK"]
 
@@ -244,8 +245,7 @@ def _score_mirostat(params: SamplingParams, logits: Tensor, windows: Sequence[Se
         hist = [list(windows[i][: t + 1]) for i in live]
         batch = Batch([params] * len(live), history=hist, seed=torch.zeros(len(live), dtype=torch.int64),
                       dry_breakers=[breakers or []] * len(live))
-        chain.mu = mu[live]
-        stages = chain.stages(logits[rows], batch)
+        stages = chain.stages(logits[rows], batch, state=MirostatState(batch, mu[live]))
         before = stages[-2][1] if len(stages) > 1 else logits[rows]
         q = torch.softmax(stages[-1][1], -1)
         y = torch.as_tensor([windows[i][t + 1] for i in live])
