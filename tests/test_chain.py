@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from temperance import PRESETS, SAMPLERS, Batch, Chain, SamplingParams, TemperanceError, ops
+from temperance.states import MirostatState
 
 INF = math.inf
 DECISIONS_ORDER = ("logit_bias → penalties → dry → top_n_sigma → top_k → typical_p → top_p → min_p "
@@ -103,31 +104,34 @@ def test_mirostat_mu_updates_and_follows_select():
 
     def alone(i, n):
         b, c, toks, mus = Batch(params[i], size=1), Chain(params[i]), [], []
+        st = MirostatState(b)
         for s in range(n):
-            t = c.sample(seq[s, i:i + 1], b).tokens
-            toks.append(int(t)), mus.append(float(c.mu[0]))
+            t = c.sample(seq[s, i:i + 1], b, state=st).tokens
+            toks.append(int(t)), mus.append(float(st.mu[0]))
             b = b.append(t)
         return toks, mus
 
     b, c = Batch(params), Chain(params[0])
+    st = MirostatState(b)
     toks, mus = [], []
     for s in range(3):
-        picked = c.sample(seq[s], b)
-        toks.append(picked.tokens.tolist()), mus.append(c.mu.tolist())
+        picked = c.sample(seq[s], b, state=st)
+        toks.append(picked.tokens.tolist()), mus.append(st.mu.tolist())
         b = b.append(picked.tokens)
     # mu = 2·tau at the start, then mu - eta·(S - tau) with S the chosen token's surprise (bits)
     b1, c1 = Batch(params), Chain(params[0])
-    p0 = c1.sample(seq[0], b1)
+    st1 = MirostatState(b1)
+    p0 = c1.sample(seq[0], b1, state=st1)
     S = -p0.logprob.double() / math.log(2)
     expected = torch.tensor([4.0, 8.0, 12.0], dtype=torch.float64) - 0.5 * (S - torch.tensor([2.0, 4.0, 6.0]))
-    torch.testing.assert_close(c1.mu.double(), expected, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(st1.mu.double(), expected, rtol=1e-6, atol=1e-6)
     # rows reordered / dropped: the state follows
     idx = torch.tensor([2, 0])
-    c.select(idx)
+    st.select(idx)
     b = b.select(idx)
     for s in range(3, steps):
-        picked = c.sample(seq[s][idx], b)
-        toks.append(picked.tokens.tolist()), mus.append(c.mu.tolist())
+        picked = c.sample(seq[s][idx], b, state=st)
+        toks.append(picked.tokens.tolist()), mus.append(st.mu.tolist())
         b = b.append(picked.tokens)
     for j, i in enumerate(idx.tolist()):
         ref_toks, ref_mus = alone(i, steps)

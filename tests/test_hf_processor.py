@@ -61,7 +61,7 @@ def test_samplers_hf_lacks_run(model, params):
     out = hf_generate(model, proc, n_new=8, do_sample=True)
     assert out.shape[1] > len(IDS)
     if params.mirostat:
-        assert proc.chain.mu is not None and proc.chain.mu.shape == (1,)
+        assert proc.state is not None and proc.state.mu.shape == (1,)
 
 
 def test_dry_string_breakers_need_ids_or_tokenizer():

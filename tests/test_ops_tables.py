@@ -401,6 +401,52 @@ def test_top_p_ties_broken_by_token_id():
     assert torch.equal(ops.top_p(x, top_p=1.0), x)
 
 
+# Top-p at an exact boundary: a prefix whose mass reaches p within float32 rounding of p stops
+# there. 0.8 as a float32 is 0.800000012 and 0.5 + 0.3 is 0.8 (up to rounding): transformers and
+# llama.cpp both keep exactly {0.5, 0.3}; so do we. The other rows are sums that land on p exactly.
+TOP_P_BOUNDARY = [
+    ((0.3, 0.1, 0.1, 0.5), 0.8, [0, 3]),
+    ((0.1, 0.2, 0.3, 0.4), 0.9, [1, 2, 3]),
+    ((0.1, 0.2, 0.3, 0.4), 0.7, [2, 3]),
+    ((0.7, 0.2, 0.1), 0.9, [0, 1]),
+    ((0.4, 0.3, 0.2, 0.1), 0.7, [0, 1]),
+    ((0.4, 0.3, 0.2, 0.1), 0.9, [0, 1, 2]),
+    ((0.6, 0.3, 0.1), 0.9, [0, 1]),
+    ((0.05, 0.15, 0.35, 0.45), 0.8, [2, 3]),
+]
+
+
+@pytest.mark.parametrize("p, top_p, keep", TOP_P_BOUNDARY)
+def test_top_p_stops_where_the_mass_reaches_p_within_float32_rounding(p, top_p, keep):
+    assert kept(ops.top_p(L(*p), top_p=top_p)) == keep
+    c = Chain("top_p").candidates(L(*p), Batch(SamplingParams(top_p=top_p), size=1))
+    assert kept(c.dense()) == keep
+    # one float32 step above p the prefix no longer reaches it: the next token joins
+    up = float(np.nextafter(np.float32(top_p), np.float32(2)))
+    assert len(kept(ops.top_p(L(*p), top_p=up))) == len(keep) + 1
+
+
+@pytest.mark.parametrize("p, top_p, keep", [c for c in TOP_P_BOUNDARY if c[:2] != ((0.3, 0.1, 0.1, 0.5), 0.8)])
+def test_top_p_boundary_table_agrees_with_transformers(p, top_p, keep):
+    # (the first row is left out: there transformers' float32 cumsum decides by rounding luck; the
+    # tie-free rows here are ones where it and a float32 llama.cpp loop agree)
+    transformers = pytest.importorskip("transformers")
+    y = transformers.TopPLogitsWarper(top_p)(None, L(*p))
+    assert kept(y) == keep
+
+
+def test_top_p_zero_keeps_exactly_the_top_token():
+    assert kept(ops.top_p(L(*P5), top_p=0.0)) == [0]
+    assert kept(ops.top_p(torch.tensor([[1.0, 3.0, 3.0, 2.0]]), top_p=0.0)) == [1]  # tie: lower id
+    assert kept(ops.top_p(torch.tensor([[-INF, 0.5, -INF]]), top_p=0)) == [1]
+    x = torch.tensor([[0.0, 1.0, 2.0], [2.0, 1.0, 0.0]])
+    y = ops.top_p(x, top_p=torch.tensor([0.0, 1.0]))  # per row: 0 and off
+    assert kept(y, 0) == [2] and torch.equal(y[1], x[1])
+    b = Batch(SamplingParams(top_p=0.0, seed=3), size=2)
+    assert Chain().sample(x, b).tokens.tolist() == [2, 0]
+    assert kept(Chain("top_p").candidates(x, b).dense(), 1) == [0]
+
+
 # -- XTC ------------------------------------------------------------------------------------------
 
 def test_xtc_vectors():

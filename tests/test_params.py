@@ -14,9 +14,9 @@ INF = math.inf
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(top_p=1.5), "top_p must be in (0, 1] (1 = off), got 1.5"),
-    (dict(top_p=0.0), "top_p must be in (0, 1] (1 = off), got 0.0"),
-    (dict(top_p=math.nan), "top_p must be in (0, 1] (1 = off), got nan"),
+    (dict(top_p=1.5), "top_p must be in [0, 1] (1 = off), got 1.5"),
+    (dict(top_p=-0.1), "top_p must be in [0, 1] (1 = off), got -0.1"),
+    (dict(top_p=math.nan), "top_p must be in [0, 1] (1 = off), got nan"),
     (dict(temperature=-0.5), "temperature must be in [0, 1e30] (0 = greedy; below 1e-5 too), got -0.5"),
     (dict(temperature=INF), "temperature must be in [0, 1e30] (0 = greedy; below 1e-5 too), got inf"),
     (dict(temperature=1e31), "temperature must be in [0, 1e30] (0 = greedy; below 1e-5 too), got 1e+31"),
@@ -52,8 +52,8 @@ INF = math.inf
     (dict(no_repeat_ngram_size=-1), "no_repeat_ngram_size must be in integers >= 0 (0 = off), got -1"),
     (dict(mirostat=3), "mirostat must be in {0, 1, 2} (0 = off), got 3"),
     # wrong types
+    (dict(top_p="0.9"), "top_p must be a number in [0, 1] (1 = off), got '0.9'"),
     (dict(temperature=True), "temperature must be a number in [0, 1e30] (0 = greedy; below 1e-5 too), got True"),
-    (dict(top_p="0.9"), "top_p must be a number in (0, 1] (1 = off), got '0.9'"),
     (dict(top_k=None), "top_k must be a number in integers >= 0 (0 = off), got None"),
 ])
 def test_validation_messages_are_exact(kwargs, message):

@@ -176,8 +176,16 @@ BAD = [
     ("bad seed", {"prompt": "hi", "seed": "x"}, 400, "seed"),
     ("bad logit_bias", {"prompt": "hi", "logit_bias": {"abc": 1}}, 400, "logit_bias"),
     ("unknown model", {"prompt": "hi", "model": "gpt-9"}, 404, "unknown model"),
-    ("grammar", {"prompt": "hi", "grammar": "root ::= \"a\""}, 400, "not supported yet"),
-    ("response_format", {"prompt": "hi", "response_format": {"type": "json_object"}}, 400, "not supported yet"),
+    ("bad grammar", {"prompt": "hi", "grammar": "root ::= ("}, 400, "gbnf"),
+    ("bad json_schema", {"prompt": "hi", "json_schema": {"type": "nonsense"}}, 400, "json_schema"),
+    ("bad response_format", {"prompt": "hi", "response_format": {"type": "yaml"}}, 400, "response_format"),
+    ("two constraints", {"prompt": "hi", "grammar": "root ::= \"a\"", "json_schema": {}}, 400, "not both"),
+    ("bias bans all", {"prompt": "hi", "stream": True, "logit_bias": {str(i): False for i in range(49152)}},
+     400, "bans every token"),
+    ("huge smoothing", {"prompt": "hi", "smoothing_factor": 1e308}, 400, "smoothing_factor"),
+    ("huge bias", {"prompt": "hi", "logit_bias": {"5": 1e308}}, 400, "logit_bias"),
+    ("lone surrogate", b'{"prompt": "\\ud800 hi"}', 400, "not valid Unicode"),
+    ("deep nesting", b'{"prompt": ' + b"[" * 60000 + b"]" * 60000 + b"}", 400, "nested too deeply"),
     ("several MB", {"prompt": "x" * (3 << 20)}, 413, "limit"),
 ]
 
@@ -328,3 +336,63 @@ def test_queue_overflow_is_429(monkeypatch):
     r = TestClient(app).post("/v1/completions", json={"prompt": "hi", "max_tokens": 2})
     assert r.status_code == 429 and "busy" in r.json()["error"]["message"]
     assert r.json()["error"]["type"] == "rate_limit_error"
+
+
+# -- continuous batching and structured output ---------------------------------------------------
+
+
+def test_response_format_json_schema_validates(client):
+    schema = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20},
+                                               "capital": {"type": "boolean"}},
+              "required": ["city", "capital"], "additionalProperties": False}
+    r = client.chat.completions.create(
+        model="smollm2", messages=[{"role": "user", "content": "Name a city as JSON."}], max_tokens=48,
+        seed=2, temperature=0.7, response_format={"type": "json_schema",
+                                                  "json_schema": {"name": "city", "schema": schema}})
+    c = r.choices[0]
+    assert c.finish_reason == "stop", c
+    doc = json.loads(c.message.content)
+    try:
+        import jsonschema
+        jsonschema.validate(doc, schema)
+    except ImportError:
+        assert set(doc) == {"city", "capital"} and isinstance(doc["capital"], bool)
+    r = client.completions.create(model="smollm2", prompt="Answer:", max_tokens=12, seed=1,
+                                  extra_body={"grammar": 'root ::= ("yes" | "no")'})
+    assert r.choices[0].text in ("yes", "no")
+
+
+def test_short_request_is_served_while_a_long_one_runs(server):
+    """Head of line: an 8-token request sent during a long one finishes before it (joins the batch)."""
+    long_body = {"prompt": "Count: 1, 2, 3,", "max_tokens": CAP, "seed": 1, "logit_bias": {"0": False, "2": False}}
+    done: dict[str, float] = {}
+
+    async def main():
+        async with httpx.AsyncClient(timeout=120) as ac:
+            async def timed(name, body, delay=0.0):
+                await asyncio.sleep(delay)
+                r = await ac.post(server + "/v1/completions", json=body)
+                assert r.status_code == 200, r.text
+                done[name] = time.time()
+                return r.json()
+            long_r, short_r = await asyncio.gather(
+                timed("long", long_body), timed("short", {"prompt": "Hi", "max_tokens": 8, "seed": 2}, 0.5))
+            return long_r, short_r
+
+    long_r, short_r = asyncio.run(main())
+    assert long_r["usage"]["completion_tokens"] == CAP
+    assert done["short"] < done["long"], done
+    _healthy(server)
+
+
+def test_non_streaming_disconnect_frees_the_rows(server):
+    before = httpx.get(server + "/health").json()["stopped_early"]
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(server + "/v1/completions", timeout=1.0,
+                   json={"prompt": "Count: 1, 2, 3,", "max_tokens": CAP, "seed": 1,
+                         "logit_bias": {"0": False, "2": False}})
+    t0 = time.time()
+    while httpx.get(server + "/health").json()["stopped_early"] == before:
+        assert time.time() - t0 < 30, "the abandoned request kept its rows"
+        time.sleep(0.1)
+    _healthy(server)

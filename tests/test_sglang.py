@@ -106,8 +106,8 @@ def test_bad_knobs_and_mirostat_are_logged_and_left_alone(logits, caplog):
 
 def test_validate_names_the_knob():
     assert CustomLogitProcessor.validate({"min_p": 0.1, "__req__": object()}) == SamplingParams(min_p=0.1)
-    with pytest.raises(TemperanceError, match=r"top_p must be in \(0, 1\]"):
-        CustomLogitProcessor.validate({"top_p": 0})
+    with pytest.raises(TemperanceError, match=r"top_p must be in \[0, 1\]"):
+        CustomLogitProcessor.validate({"top_p": 1.5})
     with pytest.raises(TemperanceError, match="custom_params must be an object"):
         CustomLogitProcessor.validate([1])
 

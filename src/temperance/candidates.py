@@ -54,16 +54,14 @@ class Candidates:
         return Candidates(vals, torch.where(pos < W, out, V), V)
 
     @staticmethod
-    def at_least(x: Tensor, t: Tensor) -> Candidates:
+    def at_least(x: Tensor, t: Tensor, cmax: Tensor | None = None) -> Candidates:
         """Every entry of ``x`` ``[B, V]`` with value ``>= t`` (``[B, 1]``), without a pass over
-        all of V beyond one chunked max: only chunks of 128 whose maximum reaches t are gathered."""
+        all of V beyond one chunked max (``cmax``, from `chunk_max`, if the caller has it): only
+        chunks of 128 whose maximum reaches t are gathered."""
         B, V = x.shape
-        C = V // CHUNK
-        if C < 8 or not x.is_contiguous():
+        if V // CHUNK < 8 or not x.is_contiguous():
             return Candidates.where(x, x >= t)
-        cmax = x[:, : C * CHUNK].view(B, C, CHUNK).amax(-1)
-        if V % CHUNK:
-            cmax = torch.cat([cmax, x[:, C * CHUNK:].amax(-1, keepdim=True)], dim=1)
+        cmax = chunk_max(x) if cmax is None else cmax
         sel = cmax >= t
         n = int(sel.sum(-1).max())
         chunks = torch.argsort((~sel).to(torch.int8), dim=-1, stable=True)[:, :n]
@@ -73,11 +71,28 @@ class Candidates:
         g = x.gather(1, idx.clamp(max=V - 1))
         return Candidates.where(g, inside & (g >= t), idx, V)
 
+    def into(self, out: Tensor) -> Tensor:
+        """Write the candidates densely into ``out`` ``[B, V]`` (``-inf`` everywhere else)."""
+        V = self.vocab_size
+        if self.ids.shape[1] == V and self.ids.stride(0) == 0:
+            return out.copy_(self.logits)
+        # padding (id V) is pointed at the row's first entry with that entry's value: a duplicate
+        # write of the same value (a row with no entry at all only writes -inf)
+        pad = self.ids >= V
+        ids = torch.where(pad, self.ids[:, :1].clamp(max=V - 1), self.ids)
+        vals = torch.where(pad, self.logits[:, :1], self.logits).to(out.dtype)
+        return out.fill_(float("-inf")).scatter_(1, ids, vals)
+
     def dense(self) -> Tensor:
         """Back to ``[B, V]`` with ``-inf`` everywhere else."""
         B = self.logits.shape[0]
-        if self.ids.shape[1] == self.vocab_size and self.ids.stride(0) == 0:
-            return self.logits.clone()
-        out = self.logits.new_full((B, self.vocab_size + 1), float("-inf"))
-        out.scatter_(1, self.ids, self.logits)
-        return out[:, : self.vocab_size].contiguous()
+        return self.into(self.logits.new_empty((B, self.vocab_size)))
+
+
+def chunk_max(x: Tensor) -> Tensor:
+    """The maximum of every chunk of 128 entries of ``x`` ``[B, V]``: ``[B, ceil(V / 128)]`` (one
+    cheap pass; its row maximum is the row's)."""
+    B, V = x.shape
+    C = V // CHUNK
+    cmax = x[:, : C * CHUNK].reshape(B, C, CHUNK).amax(-1)
+    return torch.cat([cmax, x[:, C * CHUNK:].amax(-1, keepdim=True)], dim=1) if V % CHUNK else cmax

@@ -17,9 +17,10 @@ Two ways to run it, with the same result:
   sampler (top-k, top-p, min-p, top-nσ) has run, every later sampler only looks at the survivors,
   so the chain compacts there and never touches the other ~V entries again. This is the fast path.
 
-``chain.sample(logits, batch)`` = candidates → `pick` → ``accept``. Stateful samplers keep per-row
-state here: mirostat's ``mu`` (updated by ``accept`` from the chosen token's surprise) follows the
-batch through ``select(index)``. XTC needs no state: its coin is keyed by the row's (seed, step).
+``chain.sample(logits, batch, state=...)`` = candidates → `pick` → ``state.accept``. The chain
+holds no per-row state: mirostat's ``mu`` lives in a `states.MirostatState` that the caller owns
+and moves with the batch (``select`` / ``accept`` / ``rollback``); without one, mirostat starts
+from ``mu = 2 · tau``. XTC needs no state: its coin is keyed by the row's (seed, step).
 
 >>> import torch
 >>> from temperance import Batch, SamplingParams
@@ -53,11 +54,12 @@ from torch import Tensor
 from .batch import Batch
 from .candidates import Candidates
 from .errors import TemperanceError
+from .ops import _native
 from .ops._common import check_history, check_not_empty
 from .ops._topk import chunked_topk
 from .ops.logit_bias import _logit_bias_
-from .ops.mirostat import _mirostat_, mirostat_update
-from .ops.penalties import _penalties_, window
+from .ops.mirostat import _mirostat_
+from .ops.penalties import window
 from .ops.temperature import is_greedy
 from .ops.top_k import _top_k_
 from .params import STAGE, SamplingParams, parse_samplers
@@ -74,7 +76,7 @@ class Chain:
         else:
             self.stages_ = _parse_order([samplers] if isinstance(samplers, str) else list(samplers))
         self.names = tuple(s.name for s in self.stages_)
-        self.mu: Tensor | None = None  # mirostat's per-row control value
+        self._state = None  # the MirostatState of the call in progress (None: mu = 2 tau)
         self._buf: Tensor | None = None
 
     @classmethod
@@ -93,16 +95,18 @@ class Chain:
         return f"Chain({str(self)!r})"
 
     # -- running ------------------------------------------------------------------------------
-    def __call__(self, logits: Tensor, batch: Batch) -> Tensor:
+    def __call__(self, logits: Tensor, batch: Batch, state=None) -> Tensor:
         """Processed dense logits ``[B, V]``; the caller's tensor is left untouched."""
+        self._state = state
         self._enter(logits, batch)
         x = logits.to(torch.float32, copy=True)  # returned to the caller: not the reused buffer
         for stage in self._active(batch):
             x = self._apply(stage, x, batch, logits.shape[1])
         return x
 
-    def stages(self, logits: Tensor, batch: Batch) -> list[tuple[str, Tensor]]:
+    def stages(self, logits: Tensor, batch: Batch, state=None) -> list[tuple[str, Tensor]]:
         """The dense logits after each active stage, in order (for inspection and teaching)."""
+        self._state = state
         self._enter(logits, batch)
         x, out = logits.to(torch.float32, copy=True), []
         for stage in self._active(batch):
@@ -110,8 +114,9 @@ class Chain:
             out.append((stage.name, x.clone()))
         return out
 
-    def candidates(self, logits: Tensor, batch: Batch) -> Candidates:
+    def candidates(self, logits: Tensor, batch: Batch, state=None) -> Candidates:
         """The survivors of the chain as `Candidates` (same values as ``__call__``)."""
+        self._state = state
         V = logits.shape[1]
         stages = self._active(batch)
         at = self._compaction_point(stages, batch, V)
@@ -136,28 +141,17 @@ class Chain:
             c.logits = self._apply(stage, c.logits, batch, V)
         return c
 
-    def sample(self, logits: Tensor, batch: Batch, *, raw_logprobs: bool = False,
+    def sample(self, logits: Tensor, batch: Batch, *, state=None, raw_logprobs: bool = False,
                top_n: int = 0) -> Picked:
-        """candidates → pick → accept: one token per row."""
-        c = self.candidates(logits, batch)
-        picked = pick(c, seed=batch.seed, step=batch.step, greedy=is_greedy(batch.knob("temperature")),
+        """candidates → pick → ``state.accept``: one token per row."""
+        c = self.candidates(logits, batch, state)
+        greedy = [p.greedy for p in batch.params]  # host-side: no device round trip
+        greedy = greedy[0] if len(set(greedy)) == 1 else is_greedy(batch.knob("temperature"))
+        picked = pick(c, seed=batch.seed, step=batch.step, greedy=greedy,
                       raw_logits=logits if raw_logprobs else None, top_n=top_n)
-        self.accept(picked, batch)
+        if state is not None:
+            state.accept(picked, batch)
         return picked
-
-    def accept(self, picked: Picked, batch: Batch) -> None:
-        """Let stateful samplers learn which token won (mirostat's ``mu`` update)."""
-        if "mirostat" in self.names and batch.active("mirostat"):
-            mu = self._mu(batch)
-            new = mirostat_update(mu, picked.logprob, mirostat_tau=batch.knob("mirostat_tau"),
-                                  mirostat_eta=batch.knob("mirostat_eta"))
-            self.mu = torch.where(batch.knob("mirostat") > 0, new, mu)
-
-    def select(self, index: Tensor) -> Chain:
-        """Follow the batch's rows: shrink, reorder or repeat the per-row state (in place)."""
-        if self.mu is not None:
-            self.mu = self.mu[torch.as_tensor(index, dtype=torch.int64, device=self.mu.device)]
-        return self
 
     # -- internals ------------------------------------------------------------------------------
     def _active(self, batch: Batch) -> list[Stage]:
@@ -188,6 +182,15 @@ class Chain:
         boundary could hide a token; the caller then takes the dense path.
         """
         B, V = logits.shape
+        if pre == ["penalties"] and _native.usable(logits):  # the default chain: one native call
+            k = batch.knob
+            r = _native.penalized_topk(logits, batch.history, k("penalty_last_n"), k("repetition_penalty"),
+                                       k("frequency_penalty"), k("presence_penalty"), k("top_k"),
+                                       max(p.top_k for p in batch.params))
+            if r == 2:  # a row's maximum is +inf or -inf: say which row, and why
+                check_rows(logits)
+            if not isinstance(r, int):
+                return Candidates(*r[:2], V)
         parts = []
         if "penalties" in pre:
             parts.append(window(batch.history, batch.knob("penalty_last_n")))
@@ -209,10 +212,19 @@ class Chain:
                 _logit_bias_(edited, column[:, touched.shape[1] - ids.shape[1]:], vals)
             else:
                 h = parts[0]  # the penalty window, already cut to the last n tokens
-                hc = torch.where(h >= 0, column[:, : h.shape[1]], -1)
-                _penalties_(edited, hc, batch.knob("repetition_penalty"), batch.knob("frequency_penalty"),
-                            batch.knob("presence_penalty"), batch.knob("penalty_last_n"))
+                counts = torch.zeros_like(edited).scatter_add_(
+                    1, column[:, : h.shape[1]], (h >= 0).to(edited.dtype))
+                _penalize_distinct(edited, counts, batch)
         k = batch.knob("top_k")
+        bans = "logit_bias" in pre and batch.bias_bans
+        kmax = max(p.top_k for p in batch.params)  # host-side
+        r = _native.topk_override(logits, k, kmax, uniq, edited) if _native.usable(logits) else None
+        if r is not None:  # one pass: the raw row with the edited tokens' new values
+            vals, ids, rawmax = r
+            check_rows(rawmax.view(-1, 1))
+            if bans:
+                check_not_empty(vals, "logit_bias banned every token")
+            return Candidates(vals, ids, V)
         R = int(k.max()) + 9  # a little slack: a touched token or two may rank that high
         while True:  # widen until the raw window surely holds the k best untouched tokens
             rv, rid = chunked_topk(logits, min(R, V))
@@ -224,7 +236,7 @@ class Chain:
         again = (rid.unsqueeze(-1) == uniq.unsqueeze(1)).any(-1)  # raw copies of edited tokens
         ids = torch.cat([torch.where(again, V, rid), uniq], dim=1)
         vals = torch.cat([rv.float().masked_fill(again, float("-inf")), edited], dim=1)
-        if "logit_bias" in pre and batch.bias_bans:
+        if bans:
             check_not_empty(vals, "logit_bias banned every token")
         ids, order = ids.sort(-1)  # token-id order, so ties break by lower id
         vals = _top_k_(vals.gather(1, order), k)
@@ -241,21 +253,24 @@ class Chain:
         return buf.copy_(logits)
 
     def _mu(self, batch: Batch) -> Tensor:
-        if self.mu is None or self.mu.shape[0] != len(batch):
-            self.mu = 2 * batch.knob("mirostat_tau")
-        return self.mu
+        s = self._state
+        if s is None:
+            return 2 * batch.knob("mirostat_tau")
+        if len(s) != len(batch):
+            raise TemperanceError(f"the mirostat state has {len(s)} rows but the batch has {len(batch)}")
+        return s.mu
 
     @staticmethod
     def _compaction_point(stages: list[Stage], batch: Batch, V: int) -> int | None:
         """Where the chain may switch to compacted survivors: the first truncation stage with a
         ``compact`` that every row uses, when nothing after it needs the dense row."""
         for i, stage in enumerate(stages):
-            if stage.name == "temperature" and not bool(is_greedy(batch.knob("temperature")).all()):
+            if stage.name == "temperature" and not all(p.greedy for p in batch.params):
                 continue  # temperature compacts only when every row is greedy (a point mass)
             if stage.compact is not None and batch.all_active(stage.name):
                 if any(s.reads_ids or s.row_length for s in stages[i + 1:]):
                     return None
-                if stage.name == "top_k" and int(batch.knob("top_k").max()) >= V:
+                if stage.name == "top_k" and max(p.top_k for p in batch.params) >= V:  # host-side
                     return None
                 return i
         return None  # (stages before the compaction point run densely, as in __call__)
@@ -271,6 +286,20 @@ class Chain:
                                   f"{tuple(x.shape)}, got {getattr(y, 'shape', type(y).__name__)}")
         check_not_empty(y, f"stage {stage.name!r} removed every token")
         return y.to(x.dtype)
+
+
+def _penalize_distinct(x: Tensor, counts: Tensor, batch: Batch) -> Tensor:
+    """`ops.penalties` on distinct tokens: ``x`` ``[B, T]`` their logits, ``counts`` how often each
+    occurs in the penalty window (0: not in it). The same rule as ``_penalties_`` (repetition once
+    per distinct token, then ``- count·frequency - presence``; non-finite logits untouched; the
+    result kept finite), in a handful of ops on T entries instead of a scatter into [B, V]."""
+    k = batch.knob
+    theta = k("repetition_penalty").view(-1, 1)
+    new = torch.where(x > 0, x / theta, x * theta)
+    new = new - counts * k("frequency_penalty").view(-1, 1) - k("presence_penalty").view(-1, 1)
+    fmax = torch.finfo(x.dtype).max
+    skip = (counts == 0) | (k("penalty_last_n").view(-1, 1) == 0) | ~torch.isfinite(x)
+    return x.copy_(torch.where(skip, x, new.clamp(-fmax, fmax)))
 
 
 def _parse_order(items: list) -> tuple[Stage, ...]:

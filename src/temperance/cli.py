@@ -462,6 +462,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .implicit_lm import add_parser as add_implicit_parser
     add_implicit_parser(sub)
+    from .eval.cli import add_parser as add_eval_parser
+    add_eval_parser(sub)
 
     p = sub.add_parser("models", help="list models; `models prepare NAME` converts one, `models path NAME` "
                                       "prints its directory, `models verify [NAME]` hash-checks the cache")

@@ -144,6 +144,13 @@ class RowConstraint:
         out[:k] = bits[:k]
         return out
 
+    def fork(self) -> "RowConstraint":
+        """An independent copy (a beam that branches, a row repeated by `select`)."""
+        new = RowConstraint.__new__(RowConstraint)
+        new.__dict__.update(self.__dict__)
+        new.m, new._bits = self.m.deep_copy(), self._bits.clone()
+        return new
+
     def accepting(self) -> bool:
         return bool(self.m.is_accepting() or self.m.is_stopped())
 

@@ -36,6 +36,7 @@ from .chain import Chain
 from .errors import TemperanceError
 from .params import SamplingParams
 from .pick import Picked
+from .states import MirostatState
 
 __all__ = ["LogitsProcessor"]
 
@@ -69,6 +70,7 @@ class LogitsProcessor:
 
     def reset(self) -> None:
         self.chain = Chain(list(self.params.chain))
+        self.state: MirostatState | None = None  # mirostat's mu, made at the first call
         self._start: int | None = None      # sequence length at the first call
         self._last: tuple[Tensor, Batch] | None = None  # (processed logprobs, batch) of last call
 
@@ -89,11 +91,13 @@ class LogitsProcessor:
             self.reset()
             self._start = L
         batch = self._batch(input_ids)
-        if self._last is not None and "mirostat" in self.chain.names:
+        if "mirostat" in self.chain.names and self.state is None:
+            self.state = MirostatState(batch)
+        if self._last is not None and self.state is not None:
             logq, prev = self._last  # teach mirostat the token transformers chose last step
             chosen = input_ids[:, -1:].to(logq.device)
-            self.chain.accept(Picked(chosen.view(-1), logq.gather(1, chosen).view(-1)), prev)
-        out = self.chain(scores.float(), batch)
+            self.state.accept(Picked(chosen.view(-1), logq.gather(1, chosen).view(-1)), prev)
+        out = self.chain(scores.float(), batch, self.state)
         if "mirostat" in self.chain.names:
             self._last = (torch.log_softmax(out, dim=-1), batch)
         else:

@@ -19,6 +19,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .ops import _native
+
 _M1 = 0xBF58476D1CE4E5B9 - 2**64  # SplitMix64 constants, as signed int64 (torch has no uint64 math)
 _M2 = 0x94D049BB133111EB - 2**64
 _GOLDEN = 0x9E3779B97F4A7C15 - 2**64
@@ -55,7 +57,17 @@ def _mix_(z: Tensor, tmp: Tensor) -> Tensor:
 
 
 def uniform(seed: Tensor, step: Tensor, index: Tensor, salt: int = SALT_PICK) -> Tensor:
-    """Uniforms in (0, 1), float64, shaped like ``index`` ``[B, K]``; seed and step are ``[B]``."""
+    """Uniforms in (0, 1), float64, shaped like ``index`` ``[B, K]``; seed and step are ``[B]``.
+    On CPU the native kernel computes the same bits in one pass (`_torch_uniform` is the reference)."""
+    if index.device.type == "cpu" and index.dim() == 2 and _native.lib() is not None:
+        B = max(seed.numel(), step.numel(), index.shape[0])
+        if {seed.numel(), step.numel(), index.shape[0]} <= {1, B}:  # (else: torch says why not)
+            as64 = lambda t: t.reshape(-1).to(torch.int64).expand(B)  # noqa: E731
+            return _native.uniform(as64(seed), as64(step), index.to(torch.int64).expand(B, -1), salt)
+    return _torch_uniform(seed, step, index, salt)
+
+
+def _torch_uniform(seed: Tensor, step: Tensor, index: Tensor, salt: int = SALT_PICK) -> Tensor:
     h = _mix(seed.view(-1, 1).to(torch.int64) + _wrap(0x9E3779B97F4A7C15 * (salt + 1)))
     h = _mix(h + step.view(-1, 1).to(torch.int64) * _GOLDEN)           # [B, 1]: one per row
     z = index.to(torch.int64) + h                                      # [B, K]: the big part,
@@ -67,6 +79,12 @@ def uniform(seed: Tensor, step: Tensor, index: Tensor, salt: int = SALT_PICK) ->
 def gumbel(seed: Tensor, step: Tensor, index: Tensor) -> Tensor:
     """Standard Gumbel noise: argmax(logits + gumbel) is a draw from softmax(logits)."""
     return uniform(seed, step, index).log_().neg_().log_().neg_()
+
+
+def gumbel_scores(seed: Tensor, step: Tensor, index: Tensor, logits: Tensor) -> Tensor:
+    """``logits + gumbel(seed, step, index)`` in float64, bit for bit, in fewer passes
+    (``l - log(-log u)`` is ``l + (-log(-log u))`` exactly)."""
+    return torch.sub(logits, uniform(seed, step, index).log_().neg_().log_())
 
 
 def coin(seed: Tensor, step: Tensor, salt: int) -> Tensor:

@@ -27,7 +27,7 @@ True
 >>> SamplingParams(top_p=1.5)
 Traceback (most recent call last):
 ...
-temperance.errors.TemperanceError: top_p must be in (0, 1] (1 = off), got 1.5
+temperance.errors.TemperanceError: top_p must be in [0, 1] (1 = off), got 1.5
 """
 
 from __future__ import annotations

@@ -46,15 +46,19 @@ def pick(x: Tensor | Candidates, *, seed: Tensor, step: Tensor, greedy: Tensor |
         check_rows(x)
         c = Candidates.from_dense(x)
     B, device = c.logits.shape[0], c.logits.device
-    greedy = torch.as_tensor(greedy, device=device).expand(B).view(-1, 1)
-    seed = torch.as_tensor(seed, dtype=torch.int64, device=device).expand(B)
-    step = torch.as_tensor(step, dtype=torch.int64, device=device).expand(B)
     l = c.logits
-    if bool(greedy.all()):
+    if isinstance(greedy, bool):  # the same for every row: no device check needed
+        every = some = greedy
+    else:
+        greedy = torch.as_tensor(greedy, device=device).expand(B).view(-1, 1)
+        every, some = bool(greedy.all()), bool(greedy.any())
+    if every:
         score = l
     else:
-        score = noise.gumbel(seed, step, c.ids).add_(l)  # float64 [B, K]
-        if bool(greedy.any()):
+        seed = torch.as_tensor(seed, dtype=torch.int64, device=device).expand(B)
+        step = torch.as_tensor(step, dtype=torch.int64, device=device).expand(B)
+        score = noise.gumbel_scores(seed, step, c.ids, l)  # float64 [B, K]
+        if some:
             score = torch.where(greedy, l.double(), score)
     pos = score.argmax(-1, keepdim=True)  # first maximum: lowest id, since ids ascend in a row
     tokens = c.ids.gather(1, pos).view(-1)

@@ -79,7 +79,8 @@ class Generator:
             opts.append(o)
         done = generate_text(self.runtime, prompts, params, max_tokens=[o.max_tokens for o in opts],
                              min_tokens=[o.min_tokens for o in opts], stop=[list(o.stop) for o in opts],
-                             chat=self.chat)
+                             chat=self.chat, constraint=([o.constraint for o in opts]
+                                                         if any(o.constraint for o in opts) else None))
         out = dict(batch)
         out["text"] = np.array([c[0].text for c in done], dtype=object)
         tokens = out["tokens"] = np.empty(len(done), dtype=object)  # ragged: one id array per row

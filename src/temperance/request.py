@@ -26,7 +26,8 @@ from typing import Any, Mapping
 from .errors import TemperanceError
 from .params import FIELDS, PRESETS, SamplingParams
 
-__all__ = ["GenOptions", "params_from_request", "LLAMA_NAMES", "IGNORED", "UNSUPPORTED"]
+__all__ = ["GenOptions", "params_from_request", "constraint_from_request", "LLAMA_NAMES", "IGNORED",
+           "UNSUPPORTED", "STRUCTURED"]
 
 # request name → SamplingParams field: every knob's names as its stage declares them
 # (llama.cpp's server names first: repeat_penalty, repeat_last_n, ...; our field names as aliases)
@@ -37,10 +38,8 @@ GEN_PARAMS = ("max_tokens", "max_completion_tokens", "n_predict", "min_tokens", 
 # fields the endpoints read themselves, or accept and ignore (OpenAI client conveniences)
 IGNORED = ("model", "prompt", "messages", "user", "echo", "suffix", "best_of", "cache_prompt",
            "parallel_tool_calls", "metadata", "store", "service_tier")
+STRUCTURED = ("response_format", "grammar", "json_schema")  # → a constrain.Constraint
 UNSUPPORTED = {
-    "response_format": "response_format (structured output) is not supported yet",
-    "grammar": "grammar (constrained decoding) is not supported yet",
-    "json_schema": "json_schema (constrained decoding) is not supported yet",
     "tools": "tools / function calling is not supported", "tool_choice": "tool_choice is not supported",
     "functions": "functions is not supported",
 }
@@ -58,6 +57,7 @@ class GenOptions:
     top_logprobs: int = 0        # and the top-k alternatives
     stream: bool = False
     include_usage: bool = False  # stream_options.include_usage
+    constraint: Any = None       # a constrain.Constraint (response_format, grammar, json_schema)
 
 
 def _int(name: str, v: Any, lo: int, hi: int | None = None) -> int:
@@ -71,6 +71,17 @@ def _int(name: str, v: Any, lo: int, hi: int | None = None) -> int:
     return v
 
 
+_F32_MAX = 3.4028234663852886e38
+
+
+def _float32(name: str, v: Any) -> None:
+    """Knobs run in float32: a finite value beyond its range (1e308) would overflow there."""
+    vals = v.values() if isinstance(v, Mapping) else [v]
+    for x in vals:
+        if isinstance(x, float) and x == x and abs(x) != float("inf") and abs(x) > _F32_MAX:
+            raise TemperanceError(f"{name} must be within float32's range (|value| <= 3.4e38), got {x!r}")
+
+
 def params_from_request(body: Mapping[str, Any], *, defaults: GenOptions = GenOptions()
                         ) -> tuple[SamplingParams, GenOptions]:
     """Validate one request body; return `(SamplingParams, GenOptions)`. Raises TemperanceError."""
@@ -79,7 +90,8 @@ def params_from_request(body: Mapping[str, Any], *, defaults: GenOptions = GenOp
     for k in body:
         if k in UNSUPPORTED and body[k] is not None:
             raise TemperanceError(UNSUPPORTED[k])
-    known = set(LLAMA_NAMES) | set(OTHER_PARAMS) | set(GEN_PARAMS) | set(IGNORED) | set(UNSUPPORTED)
+    known = (set(LLAMA_NAMES) | set(OTHER_PARAMS) | set(GEN_PARAMS) | set(IGNORED) | set(UNSUPPORTED)
+             | set(STRUCTURED))
     unknown = sorted(k for k in body if k not in known)
     if unknown:
         raise TemperanceError(f"unknown field(s) {', '.join(map(repr, unknown))}; sampling fields: "
@@ -99,6 +111,7 @@ def params_from_request(body: Mapping[str, Any], *, defaults: GenOptions = GenOp
             msg = str(e)
             raise TemperanceError(name + msg[len(field):] if msg.startswith(field) else msg) from None
         sent_as[field] = name
+        _float32(name, kw[field])
     samplers, preset = body.get("samplers"), body.get("preset")
     if samplers is not None and preset is not None:
         raise TemperanceError("give samplers or preset, not both")
@@ -154,6 +167,45 @@ def params_from_request(body: Mapping[str, Any], *, defaults: GenOptions = GenOp
         if not isinstance(so, Mapping):
             raise TemperanceError(f"stream_options must be an object, got {so!r}")
         o["include_usage"] = bool(so.get("include_usage"))
+    c = constraint_from_request(body)
+    if c is not None:
+        o["constraint"] = c
     base = {f: getattr(defaults, f) for f in GenOptions.__dataclass_fields__}
     base.update(o)
     return params, GenOptions(**base)
+
+
+def constraint_from_request(body: Mapping[str, Any]) -> Any:
+    """Structured output as a `constrain.Constraint` (the CLI's constraint code), or None.
+
+    OpenAI's ``response_format``: ``{"type": "text"}`` (none), ``{"type": "json_object"}`` (any
+    JSON object), ``{"type": "json_schema", "json_schema": {"schema": {...}}}``; llama.cpp's
+    ``grammar`` (GBNF text) and ``json_schema`` (a schema object). At most one of them.
+    """
+    given = [k for k in STRUCTURED if body.get(k) is not None]
+    if len(given) > 1:
+        raise TemperanceError(f"give one of {' and '.join(given)}, not both")
+    if not given:
+        return None
+    from . import constrain
+
+    k, v = given[0], body[given[0]]
+    if k == "grammar":
+        if not isinstance(v, str) or not v.strip():
+            raise TemperanceError(f"grammar must be a non-empty GBNF string, got {v!r}")
+        return constrain.grammar(v)
+    if k == "json_schema":
+        if not isinstance(v, Mapping):
+            raise TemperanceError(f"json_schema must be a JSON schema object, got {v!r}")
+        return constrain.json_schema(dict(v))
+    if not isinstance(v, Mapping) or v.get("type") not in ("text", "json_object", "json_schema"):
+        raise TemperanceError("response_format must be {\"type\": \"text\" | \"json_object\" | "
+                              f"\"json_schema\", ...}}, got {v!r}")
+    if v["type"] == "text":
+        return None
+    if v["type"] == "json_object":
+        return constrain.json_schema({"type": "object"})
+    js = v.get("json_schema")
+    if not isinstance(js, Mapping) or not isinstance(js.get("schema"), Mapping):
+        raise TemperanceError("response_format.json_schema must be an object with a \"schema\" object")
+    return constrain.json_schema(dict(js["schema"]))

@@ -17,9 +17,13 @@ Beam search follows transformers' `_beam_search` (the vectorised rewrite of #358
   running score divided by the current length cannot beat the worst finished one; "never" → the
   same test with `max_tokens` as the denominator when `length_penalty > 0` (exact).
 
-The loop owns all per-row state and moves it with one `index`: `runtime.select(index)`,
-`batch.select(index)`, `chain.select(index)`. A "unit" is one beam search of width `W` over
-`W` contiguous runtime rows: one per request, or one per (request, group) for diverse beam search.
+Both run as strategies of the `engine.Engine`: a step returns tokens plus the parent row each
+continues, and the engine moves every per-row state (runtime cache, `Batch`, row objects with their
+detokenizer, stop matcher and grammar matcher) with that one index. So beams honour stop strings
+(a beam whose text completes one ends there, like EOS), `min_tokens` (EOS masked on the
+log-probabilities, as transformers), grammar constraints (each beam its own matcher, forked when a
+beam branches) and go through the engine's event stream. A "unit" is one beam search of width `W`
+over `W` contiguous rows: one per request, or one per (request, group) for diverse beam search.
 
 Diverse beam search (Vijayakumar et al.): groups of `W / G` beams are expanded in order; group `g`
 scores `log p − λ · (how many beams of groups < g chose the token at this step)`, and that penalty
@@ -51,16 +55,16 @@ Toy example (a 4-token LM whose next token depends only on the last one; token 0
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
-from typing import Any, Sequence
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor
 
-from .batch import Batch
 from .chain import Chain
 from .errors import TemperanceError
-from .params import SamplingParams
+from .params import ACTIVE, SamplingParams
 
 __all__ = ["BeamSettings", "Hypothesis", "beam_step", "beam_search", "contrastive_search",
            "add_search_flags", "search_requested", "run_search_from_args"]
@@ -231,27 +235,33 @@ def _banked(s: BeamSettings) -> bool:
 
 
 class _Unit:
-    """One beam search of width W over W contiguous runtime rows (its own finished pool)."""
+    """One beam search of width W over W contiguous rows of the batch (its own finished pool)."""
 
-    def __init__(self, req: int, group: int, width: int, s: BeamSettings, gen: torch.Generator | None):
-        self.req, self.group, self.W, self.s, self.gen = req, group, width, s, gen
-        self.running = torch.full((width,), NEG)
+    def __init__(self, group: int, width: int, s: BeamSettings, device: torch.device):
+        self.group, self.W, self.s = group, width, s
+        self.running = torch.full((width,), NEG, device=device)
         self.running[0] = 0.0
         self.seqs: list[list[int]] = [[] for _ in range(width)]
-        self.pool: list[tuple[float, list[int], str]] = []      # finished: (score, tokens, reason)
-        self.fallback: list[tuple[float, list[int], str]] = []  # length-ended, constraints unmet
-        self.improvable = True                                  # HF's early-stop heuristic flag
+        self.lps: list[list[float]] = [[] for _ in range(width)]   # each token's log-prob
+        self.pool: list[tuple] = []          # finished: (score, tokens, reason, logprobs)
+        self.fallback: list[tuple] = []      # length-ended, constraints unmet
+        self.improvable = True               # HF's early-stop heuristic flag
         self.done = False
-        self.tokens = torch.zeros(width, dtype=torch.int64)     # tokens to decode next
-        self.parents = torch.arange(width)
+        self.tokens = torch.zeros(width, dtype=torch.int64, device=device)   # tokens to decode next
+        self.parents = torch.arange(width, device=device)
 
     def update(self, scores: Tensor, tokens: Tensor, parents: Tensor, gen_len: int, at_max: bool,
-               eos: set[int], max_tokens: int) -> None:
-        """Split K ordered continuations into finished ones (pool) and the next W running beams."""
+               eos: set[int], max_tokens: int, ended: Callable[[int, int], bool] | None = None) -> None:
+        """Split K ordered continuations into finished ones (pool) and the next W running beams.
+
+        ``ended(parent, token)``: does that continuation complete a stop string?"""
         s, W = self.s, self.W
         lp = s.length_penalty
         tok, par = tokens.tolist(), parents.tolist()
-        ends = torch.tensor([at_max or t in eos for t in tok])
+        before = self.running.tolist()
+        stop = [ended is not None and t not in eos and ended(p, t) for p, t in zip(par, tok)]
+        ends = torch.tensor([at_max or t in eos or st for t, st in zip(tok, stop)], device=scores.device)
+        step_lp = [float(v) - before[p] for v, p in zip(scores.tolist(), par)]
         # Only the first W continuations may finish (the rest are spares, so that W keep running).
         full = len(self.pool) >= W
         if self.improvable and not (full and s.early_stopping is True):
@@ -259,12 +269,13 @@ class _Unit:
                 if not bool(ends[i]):
                     continue
                 seq = self.seqs[par[i]] + [tok[i]]
-                reason = "stop" if tok[i] in eos else "length"
+                lps = self.lps[par[i]] + [step_lp[i]]
+                reason = "stop" if tok[i] in eos or stop[i] else "length"
                 score = float(scores[i]) / gen_len ** lp
                 if s.constraints and not _constraint_state(seq, s.constraints)[0]:
-                    self.fallback.append((score, seq, reason))
+                    self.fallback.append((score, seq, reason, lps))
                     continue
-                self.pool.append((score, seq, reason))
+                self.pool.append((score, seq, reason, lps))
             self.pool.sort(key=lambda h: -h[0])
             del self.pool[W:]
         # Next running beams: the best W that did not end (ended ones sink by NEG, as in HF).
@@ -277,7 +288,9 @@ class _Unit:
         self.running = adjusted[keep].clone()
         self.running[n:] = 2 * NEG
         self.tokens, self.parents = tokens[keep], parents[keep]
-        self.seqs = [self.seqs[int(p)] + [int(t)] for p, t in zip(self.parents, self.tokens)]
+        kl = keep.tolist()
+        self.seqs = [self.seqs[par[i]] + [tok[i]] for i in kl]
+        self.lps = [self.lps[par[i]] + [step_lp[i]] for i in kl]
         # HF's heuristic: can the best running beam still beat the worst finished one?
         L = max_tokens if (s.early_stopping == "never" and lp > 0) else gen_len
         worst = min(h[0] for h in self.pool) if len(self.pool) >= W else NEG
@@ -286,232 +299,358 @@ class _Unit:
                      or bool(ends.all()))
 
 
+@dataclass(frozen=True)
+class Contrastive:
+    """Contrastive search settings: score ``(1 − alpha) p(v) − alpha · max cos(h_v, context)``
+    over the ``top_k`` most likely tokens (HF ``penalty_alpha``, ``top_k``). ``alpha = 0`` is greedy."""
+
+    alpha: float = 0.6
+    top_k: int = 4
+
+    def check(self) -> None:
+        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not 0 <= self.alpha <= 1:
+            raise TemperanceError(f"contrastive alpha must be in [0, 1], got {self.alpha!r}")
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 1:
+            raise TemperanceError(f"contrastive top_k must be an integer >= 1, got {self.top_k!r}")
+
+
+# -- the strategies as the engine sees them -------------------------------------------------------
+
+class BeamSearch:
+    """One beam request's state: its units (one per diverse group), the step count, the result."""
+
+    def __init__(self, req: Any, device: torch.device):
+        s: BeamSettings = req.strategy
+        self.req, self.s, self.step = req, s, 0
+        self.units = [_Unit(g, s.beams // s.groups, s, device) for g in range(s.groups)]
+        self.gen: torch.Generator | None = None
+        if s.sample:
+            self.gen = torch.Generator(device=device).manual_seed(req.params.seed)
+        self.result: list[Hypothesis] = []
+
+    def hypotheses(self, tokenizer: Any, eos: frozenset) -> tuple[list[Hypothesis], list]:
+        """The best ``num_return_sequences`` of every group's pool, and their events."""
+        from .engine import Event, Row
+        hyps = sorted(((h, u.group) for u in self.units for h in (u.pool or u.fallback)),
+                      key=lambda x: -x[0][0])[:self.s.num_return_sequences]
+        out, events = [], []
+        for rank, ((score, toks, reason, lps), g) in enumerate(hyps):
+            row = Row(self.req, rank, tokenizer, frozenset(eos), len(toks), None)
+            mine = [e for t, lp in zip(toks, lps)
+                    for e in row.push(t, Event(self.req.id, rank, t, "", lp, None, None, None))]
+            mine[-1] = dataclasses.replace(mine[-1], finish_reason=reason)
+            text = "".join(e.text for e in mine)
+            events += mine
+            out.append(Hypothesis(toks, score, reason, text, g))
+        return out, events
+
+
+class ContrastiveSearch:
+    """One contrastive request's state: the normalised context hidden states and the candidates."""
+
+    def __init__(self, req: Any, engine: Any):
+        h, mask = engine.runtime.context_hidden([req.prompt])                  # [1, T, H], [1, T]
+        self.ctx = torch.nn.functional.normalize(h, dim=-1, eps=1e-8)
+        self.mask = mask
+        self.s: Contrastive = req.strategy
+        self.p: Tensor | None = None       # [k] probabilities of the candidates in the rows
+        self.cand: Tensor | None = None    # [k] the candidate tokens fed to the rows
+
+
+def width(strategy: Any) -> int:
+    """Rows a request starts with: its beams (contrastive: one, forked into top_k at step 1)."""
+    return strategy.beams if isinstance(strategy, BeamSettings) else 1
+
+
+def check_strategy(req: Any) -> None:
+    """Validate a request's strategy and refuse the options it cannot honour (naming both)."""
+    st = req.strategy
+    if not isinstance(st, (BeamSettings, Contrastive)):
+        raise TemperanceError(f"strategy must be None, a BeamSettings or a Contrastive, got {st!r}")
+    st.check()
+    name = "beam search" if isinstance(st, BeamSettings) else "contrastive search"
+    if req.n != 1:
+        raise TemperanceError(f"n={req.n} with {name}: use num_return_sequences for beams "
+                              "(contrastive search is deterministic)")
+    if req.ban_phrases is not None:
+        raise TemperanceError(f"ban_phrases with {name}: a rewind cannot follow reordered beams; "
+                              "use one of them")
+    active = sorted(n for n, f in ACTIVE.items() if f(req.params))
+    if active and not (isinstance(st, BeamSettings) and st.sample):
+        raise TemperanceError(f"{name} does not run the sampler chain, but {', '.join(active)} "
+                              "is set; unset it (or use beam sampling)")
+    if isinstance(st, Contrastive) and req.constraint is not None:
+        raise TemperanceError("a constraint with contrastive search: the candidates are scored "
+                              "before the grammar could mask them; use one of them")
+    if isinstance(st, BeamSettings) and st.sample and req.params.mirostat:
+        raise TemperanceError("mirostat with beam sampling: mirostat's state follows one row, not "
+                              "a pool of beams; use one of them")
+
+
+def start(req: Any, engine: Any, device: torch.device) -> Any:
+    """A request's strategy state, made when it joins the batch."""
+    if isinstance(req.strategy, BeamSettings):
+        return BeamSearch(req, device)
+    return ContrastiveSearch(req, engine)
+
+
+@dataclass
+class Decision:
+    """The next batch: ``index`` [B'] (the row each new row continues), ``tokens`` [B'] to feed;
+    ``emit`` {new position: (token, event)} rows that push an event, ``silent`` positions that
+    accept their token without one (beams), ``after`` events already made (finished searches)."""
+
+    index: Tensor
+    tokens: Tensor
+    rows: list = field(default_factory=list)   # ``index`` as a list
+    emit: dict = field(default_factory=dict)
+    silent: set = field(default_factory=set)
+    after: list = field(default_factory=list)
+
+
+def decide(engine: Any, x: Tensor) -> Decision:
+    """One step of every strategy over the batch: sampling rows through the chain and pick, beam
+    requests through `beam_step`, contrastive requests on the runtime's hidden states."""
+    rows, dev = engine.rows, x.device
+    blocks: list[tuple[Any, int, int]] = []           # (request, first row, end) in batch order
+    for j, r in enumerate(rows):
+        if blocks and blocks[-1][0] is r.req:
+            blocks[-1] = (r.req, blocks[-1][1], j + 1)
+        else:
+            blocks.append((r.req, j, j + 1))
+    sampling = [j for j, r in enumerate(rows) if r.req.strategy is None]
+    picked: dict[int, tuple[int, Any]] = {}
+    if sampling:
+        tokens, events = engine.sample(x, sampling)
+        picked = {j: (t, e) for j, t, e in zip(sampling, tokens.tolist(), events)}
+    beam_blocks = [(q, a, b) for q, a, b in blocks if isinstance(q.strategy, BeamSettings)]
+    if beam_blocks:
+        _beam_step(engine, x, beam_blocks)
+    index: list[int] = []
+    toks: list[int] = []
+    d = Decision(torch.empty(0), torch.empty(0))
+    for req, a, b in blocks:
+        if req.strategy is None:
+            for j in range(a, b):
+                d.emit[len(index)] = picked[j]
+                index.append(j)
+                toks.append(picked[j][0])
+        elif isinstance(req.strategy, BeamSettings):
+            bs = req.search
+            if all(u.done for u in bs.units):
+                bs.result, evs = bs.hypotheses(engine.tokenizer, engine.eos)
+                d.after += evs
+                req.done = True
+                continue
+            off = a
+            for u in bs.units:
+                if u.done:
+                    continue
+                for p, t in zip((u.parents + off).tolist(), u.tokens.tolist()):
+                    d.silent.add(len(index))
+                    index.append(p)
+                    toks.append(t)
+                off += u.W
+        else:
+            for p, t in _contrastive_step(engine, x, req, a, b, d):
+                index.append(p)
+                toks.append(t)
+    d.rows = index
+    d.index = torch.tensor(index, dtype=torch.int64, device=dev)
+    d.tokens = torch.tensor(toks, dtype=torch.int64, device=dev)
+    return d
+
+
+def _beam_step(engine: Any, x: Tensor, blocks: list) -> None:
+    """Every live unit of every beam request one step on (units of equal width vectorised)."""
+    eos = set(engine.eos)
+    n_eos = len(eos)
+    live: list[tuple[Any, _Unit, int]] = []          # (request, unit, first row)
+    for req, a, _ in blocks:
+        bs = req.search
+        bs.step += 1
+        off = a
+        for u in bs.units:
+            if not u.done:
+                live.append((req, u, off))
+                off += u.W
+    for req, a, b in blocks:  # beam sampling: the request's chain on its log-probs
+        if req.strategy.sample:
+            idx = torch.arange(a, b, device=x.device)
+            chain = engine._chains.setdefault(req.params.chain, Chain(list(req.params.chain)))
+            x[idx] = chain(x[idx], engine.batch.select(idx))
+    chosen: dict[int, Tensor] = {}                   # request id -> tokens chosen at this step
+    for g in sorted({u.group for _, u, _ in live}):
+        plain: dict[int, list[tuple[Any, _Unit, int]]] = {}
+        for req, u, off in [t for t in live if t[1].group == g]:
+            lp = x[off:off + u.W]
+            if u.s.groups > 1 and u.s.diversity_penalty > 0 and req.id in chosen:
+                counts = torch.bincount(chosen[req.id], minlength=x.shape[1])[:x.shape[1]].to(lp.dtype)
+                lp = lp - u.s.diversity_penalty * counts       # stays in the running score (HF)
+                x[off:off + u.W] = lp                          # (the vectorised step reads it)
+            k = max(2, 1 + n_eos) * u.W
+            if _banked(u.s):
+                res = _constrained_candidates(lp + u.running[:, None], u.seqs, u.running, k,
+                                              u.s.constraints, eos)
+                _finish(engine, req, u, off, res, chosen)
+            elif u.s.sample:
+                res = beam_step(lp[None], u.running[None], k, sample=True, generator=req.search.gen)
+                _finish(engine, req, u, off, tuple(r[0] for r in res), chosen)
+            else:
+                plain.setdefault(u.W, []).append((req, u, off))
+        for W, group in plain.items():  # one vectorised step for all plain units of width W
+            lp = torch.stack([x[off:off + W] for _, _, off in group])           # [N, W, V]
+            run = torch.stack([u.running for _, u, _ in group])                  # [N, W]
+            sc, tk, pa = beam_step(lp, run, max(2, 1 + n_eos) * W)
+            for j, (req, u, off) in enumerate(group):
+                _finish(engine, req, u, off, (sc[j], tk[j], pa[j]), chosen)
+
+
+def _finish(engine: Any, req: Any, u: _Unit, off: int, res, chosen: dict) -> None:
+    scores, tokens, parents = res
+    step, rows = req.search.step, engine.rows
+    limit = rows[off].limit
+    ended = None
+    if req.stop:
+        def ended(p: int, t: int) -> bool:
+            r = rows[off + p]
+            delta = r.detok.copy().push(t) if r.detok is not None else ""
+            return r.stops.copy().push(delta)[1]
+    dev = u.running.device  # (the banked step builds its candidates on the host)
+    u.update(scores.to(dev), tokens.to(dev), parents.to(dev), step, step >= limit, set(engine.eos), limit,
+             ended)
+    prev = chosen.get(req.id)
+    chosen[req.id] = u.tokens if prev is None else torch.cat([prev, u.tokens])
+
+
+def _contrastive_step(engine: Any, x: Tensor, req: Any, a: int, b: int, d: Decision) -> list:
+    """One contrastive step: choose among the candidates in rows a..b, then fork the chosen row
+    into the next top_k candidates. Returns (parent row, token) pairs."""
+    cs, k = req.search, min(req.strategy.top_k, x.shape[1])
+    alpha = req.strategy.alpha
+    if cs.cand is None:                              # the prompt's row: no candidate yet
+        j, row = a, engine.rows[a]
+        logits = x[a]
+    else:
+        h = torch.nn.functional.normalize(engine.runtime.hidden()[a:b], dim=-1, eps=1e-8)   # [k, H]
+        cos = torch.einsum("kh,th->kt", h, cs.ctx[0])                        # [k, T]
+        penalty = cos.masked_fill(~cs.mask[0][None, :], -1.0).amax(-1)      # [k]
+        score = (1 - alpha) * cs.p - alpha * penalty
+        i = int(score.argmax())                                              # first max
+        j, row = a + i, engine.rows[a + i]
+        tok = int(cs.cand[i])
+        from .engine import Event
+        lp = float(torch.log(cs.p[i]))
+        d.after += row.push(tok, Event(req.id, 0, tok, "", lp, None, None, None))
+        cs.ctx = torch.cat([cs.ctx, h[i][None, None, :]], dim=1)
+        cs.mask = torch.cat([cs.mask, cs.mask.new_ones(1, 1)], dim=1)
+        if row.finished:
+            req.done = True
+            return [(j, tok)]
+        logits = engine.logits[j].clone()
+        if row.count < req.min_tokens:
+            for t in engine.eos:
+                if t < logits.shape[0]:
+                    logits[t] = float("-inf")
+    cs.p, cs.cand = logits.float().softmax(-1).topk(k)
+    return [(j, t) for t in cs.cand.tolist()]
+
+
+# -- drivers ---------------------------------------------------------------------------------------
+
+def _prompts_ids(runtime: Any, prompts, chat: bool, tokenizer: Any) -> list[list[int]]:
+    from .generate import encode_prompts
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    if not prompts:
+        raise TemperanceError("search needs at least one prompt")
+    return encode_prompts(tokenizer, prompts, chat=chat, max_context=getattr(runtime, "max_context", None))
+
+
 def beam_search(runtime: Any, prompts: Sequence[str | Sequence[int]],
                 settings: BeamSettings | Sequence[BeamSettings] = BeamSettings(),
                 params: SamplingParams | Sequence[SamplingParams] = SamplingParams(), *,
-                max_tokens: int = 64, chat: bool = False, tokenizer: Any = None) -> list[list[Hypothesis]]:
+                max_tokens: int = 64, min_tokens: int = 0, stop: Sequence[str] = (),
+                constraint: Any = None, chat: bool = False,
+                tokenizer: Any = None) -> list[list[Hypothesis]]:
     """Beam search every prompt; return `[request] -> num_return_sequences` best `Hypothesis`es.
+
+    Runs on the `Engine` (streaming: `Engine.add(Request(..., strategy=settings))`).
 
     Args:
         runtime: a `Runtime` (`prefill`, `decode`, `select`, `eos_token_ids`).
         prompts: strings (need a tokenizer) or token-id lists.
         settings: one `BeamSettings` for all prompts or one per prompt.
         params: the chain's settings (used only by beam sampling, `settings.sample`); one or per
-            prompt; a request's `seed` seeds its draws. Sampling requests must share one order.
+            prompt; a request's `seed` seeds its draws.
         max_tokens: most new tokens per hypothesis (HF `max_new_tokens`).
+        min_tokens: EOS is banned before this many tokens (HF `min_new_tokens`).
+        stop: stop strings: a beam whose text completes one ends there (finish "stop"; the text
+            is cut before it).
+        constraint: a `constrain.Constraint` every beam follows (EOS only where it accepts).
     """
-    from .generate import encode_prompts
+    from .engine import Engine, Request
 
     tokenizer = tokenizer if tokenizer is not None else getattr(runtime, "tokenizer", None)
-    if isinstance(prompts, str):
-        prompts = [prompts]
-    if not prompts:
-        raise TemperanceError("beam_search needs at least one prompt")
-    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
-        raise TemperanceError(f"max_tokens must be an integer >= 1, got {max_tokens!r}")
-    R = len(prompts)
+    ids = _prompts_ids(runtime, prompts, chat, tokenizer)
+    R = len(ids)
     settings = [settings] * R if isinstance(settings, BeamSettings) else list(settings)
     params = [params] * R if isinstance(params, SamplingParams) else list(params)
     if len(settings) != R or len(params) != R:
         raise TemperanceError("give one BeamSettings / SamplingParams for all prompts or one per prompt")
-    for s in settings:
-        s.check()
-    max_context = getattr(runtime, "max_context", None)
-    ids = encode_prompts(tokenizer, prompts, chat=chat, max_context=max_context)
-    if max_context is not None:
-        max_tokens_r = [min(max_tokens, max_context - len(p)) for p in ids]
-    else:
-        max_tokens_r = [max_tokens] * R
-    eos = {int(t) for t in (getattr(runtime, "eos_token_ids", ()) or ())}
-    n_eos = len(eos)
-
-    # Units: one per (request, group), W = beams / groups rows each, in request-then-group order.
-    units: list[_Unit] = []
-    for r, s in enumerate(settings):
-        gen = None
-        if s.sample:
-            seed = params[r].seed if params[r].seed is not None else int(torch.randint(0, 2**62, ()))
-            gen = torch.Generator().manual_seed(seed)
-        for g in range(s.groups):
-            units.append(_Unit(r, g, s.beams // s.groups, s, gen))
-
-    logits = runtime.prefill(ids)                                                  # [R, V]
-    # Fork each prompt into its units' rows (HF: expand to num_beams; only copy 0 is live).
-    index = torch.tensor([u.req for u in units for _ in range(u.W)], dtype=torch.int64)
-    runtime.select(index)
-    logits = logits[index]
-    sampling = any(s.sample for s in settings)
-    batch = chain = None
-    if sampling:
-        row_params = [params[int(r)] for r in index]
-        batch = Batch(row_params, history=[ids[int(r)] for r in index])
-        chain = Chain.for_batch(batch)
-
-    live = units
-    step = 0
-    while live:
-        step += 1
-        V = logits.shape[1]
-        logprobs = torch.log_softmax(logits.float(), dim=-1)                       # [rows, V]
-        if sampling:
-            processed = chain(logprobs, batch)
-            is_sample = torch.tensor([u.s.sample for u in live for _ in range(u.W)])
-            logprobs = torch.where(is_sample[:, None], processed, logprobs)
-        offsets, o = [], 0
-        for u in live:
-            offsets.append(o)
-            o += u.W
-        # Groups run in order within a step (diversity needs the earlier groups' choices).
-        chosen: dict[int, Tensor] = {}                 # request -> tokens chosen at this step
-        by_group: dict[int, list[int]] = {}
-        for i, u in enumerate(live):
-            by_group.setdefault(u.group, []).append(i)
-        for g in sorted(by_group):
-            members = by_group[g]
-            plain: dict[int, list[int]] = {}           # width -> plain (vectorisable) units
-            for i in members:
-                u = live[i]
-                lp = logprobs[offsets[i]:offsets[i] + u.W]
-                if u.s.groups > 1 and u.s.diversity_penalty > 0 and u.req in chosen:
-                    counts = torch.bincount(chosen[u.req], minlength=V)[:V].to(lp.dtype)
-                    lp = lp - u.s.diversity_penalty * counts    # stays in the running score (HF)
-                    logprobs[offsets[i]:offsets[i] + u.W] = lp       # (the vectorised step reads it)
-                if _banked(u.s):
-                    tot = lp + u.running[:, None]
-                    res = _constrained_candidates(tot, u.seqs, u.running, max(2, 1 + n_eos) * u.W,
-                                                  u.s.constraints, eos)
-                    _finish_step(u, res, step, eos, max_tokens_r[u.req], chosen)
-                elif u.s.sample:
-                    res = beam_step(lp[None], u.running[None], max(2, 1 + n_eos) * u.W,
-                                    sample=True, generator=u.gen)
-                    _finish_step(u, tuple(x[0] for x in res), step, eos, max_tokens_r[u.req], chosen)
-                else:
-                    plain.setdefault(u.W, []).append(i)
-            for W, group in plain.items():  # one vectorised step for all plain units of width W
-                lp = torch.stack([logprobs[offsets[i]:offsets[i] + W] for i in group])   # [N, W, V]
-                run = torch.stack([live[i].running for i in group])                     # [N, W]
-                sc, tk, pa = beam_step(lp, run, max(2, 1 + n_eos) * W)
-                for j, i in enumerate(group):
-                    _finish_step(live[i], (sc[j], tk[j], pa[j]), step, eos, max_tokens_r[live[i].req],
-                                 chosen)
-        # One index moves every per-row state: runtime cache, batch, chain.
-        nxt = [i for i, u in enumerate(live) if not u.done]
-        if not nxt:
-            break
-        index = torch.cat([live[i].parents + offsets[i] for i in nxt])
-        tokens = torch.cat([live[i].tokens for i in nxt])
-        runtime.select(index)
-        if sampling:
-            batch = batch.select(index).append(tokens)
-            chain = chain.select(index)
-        live = [live[i] for i in nxt]
-        logits = runtime.decode(tokens)
-
-    out: list[list[Hypothesis]] = []
-    for r, s in enumerate(settings):
-        hyps = [(h, u.group) for u in units if u.req == r for h in (u.pool or u.fallback)]
-        hyps.sort(key=lambda x: -x[0][0])
-        res = []
-        for (score, toks, reason), g in hyps[:s.num_return_sequences]:
-            text = tokenizer.decode(toks) if tokenizer is not None else ""
-            res.append(Hypothesis(toks, score, reason, text, g))
-        out.append(res)
-    return out
-
-
-def _finish_step(u: _Unit, res, step: int, eos: set[int], max_tokens: int, chosen: dict[int, Tensor]) -> None:
-    scores, tokens, parents = res
-    u.update(scores, tokens, parents, step, step >= max_tokens, eos, max_tokens)
-    prev = chosen.get(u.req)
-    chosen[u.req] = u.tokens if prev is None else torch.cat([prev, u.tokens])
-
-
-# -- contrastive search ---------------------------------------------------------------------------
-
-@torch.no_grad()
-def _prompt_hidden(runtime: Any, ids: list[list[int]]) -> tuple[Tensor, Tensor]:
-    """Last-layer hidden states of every prompt position, left-padded: ([B, T, H], mask [B, T])."""
-    model = runtime.model
-    T, B = max(len(p) for p in ids), len(ids)
-    x = torch.full((B, T), getattr(runtime, "pad_token_id", 0), dtype=torch.long)
-    mask = torch.zeros((B, T), dtype=torch.long)
-    for i, p in enumerate(ids):
-        x[i, T - len(p):] = torch.tensor(p)
-        mask[i, T - len(p):] = 1
-    dev = getattr(runtime, "device", "cpu")
-    pos = (mask.cumsum(-1) - 1).clamp(min=0)
-    out = model(input_ids=x.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev),
-                output_hidden_states=True, use_cache=False)
-    return out.hidden_states[-1].float(), mask.bool().to(dev)
+    engine = Engine(runtime, tokenizer)
+    reqs = []
+    for p, s, prm in zip(ids, settings, params):
+        if not isinstance(s, BeamSettings):
+            raise TemperanceError(f"settings must be BeamSettings, got {s!r}")
+        if prm.seed is None:
+            prm = dataclasses.replace(prm, seed=int(torch.randint(0, 2**62, ())))
+        reqs.append(Request(p, prm, max_tokens=max_tokens, min_tokens=min_tokens, stop=tuple(stop),
+                            constraint=constraint, strategy=s))
+        engine.add(reqs[-1])
+    while engine.has_work():
+        engine.step()
+    return [r.search.result for r in reqs]
 
 
 def contrastive_search(runtime: Any, prompts: Sequence[str | Sequence[int]], *, alpha: float = 0.6,
-                       top_k: int = 4, max_tokens: int = 64, chat: bool = False,
+                       top_k: int = 4, max_tokens: int = 64, min_tokens: int = 0,
+                       stop: Sequence[str] = (), chat: bool = False,
                        tokenizer: Any = None) -> list[Hypothesis]:
-    """Contrastive search (HF `penalty_alpha`, `top_k`) with an `HFRuntime`; one hypothesis per prompt.
+    """Contrastive search (HF `penalty_alpha`, `top_k`); one hypothesis per prompt.
 
-    The context hidden states are every prompt position (one extra forward over the prompts) plus
-    each chosen token's; cosine similarities are taken with an epsilon guard. `alpha = 0` is greedy.
+    The context hidden states are every prompt position (`runtime.context_hidden`) plus each
+    chosen token's (`runtime.hidden()` after the candidates are fed); cosine similarities take an
+    epsilon guard. `alpha = 0` is greedy. Runs on the `Engine`.
     """
-    from .generate import encode_prompts
+    from .engine import Engine, Request
 
-    if not 0 <= alpha <= 1:
-        raise TemperanceError(f"contrastive alpha must be in [0, 1], got {alpha!r}")
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-        raise TemperanceError(f"contrastive top_k must be an integer >= 1, got {top_k!r}")
-    if not hasattr(runtime, "keep_hidden") or not hasattr(runtime, "model"):
+    settings = Contrastive(alpha, top_k)
+    settings.check()
+    if not hasattr(runtime, "context_hidden") or not hasattr(runtime, "hidden"):
         raise TemperanceError("contrastive search needs a runtime with hidden states (HFRuntime)")
     tokenizer = tokenizer if tokenizer is not None else getattr(runtime, "tokenizer", None)
-    if isinstance(prompts, str):
-        prompts = [prompts]
-    ids = encode_prompts(tokenizer, prompts, chat=chat, max_context=getattr(runtime, "max_context", None))
-    eos = {int(t) for t in (getattr(runtime, "eos_token_ids", ()) or ())}
+    ids = _prompts_ids(runtime, prompts, chat, tokenizer)
     old = runtime.keep_hidden
     runtime.keep_hidden = True
     try:
-        ctx, ctx_mask = _prompt_hidden(runtime, ids)                          # [B, T, H], [B, T]
-        ctx = torch.nn.functional.normalize(ctx, dim=-1, eps=1e-8)
-        logits = runtime.prefill(ids)                                          # [B, V]
-        B = len(ids)
-        toks: list[list[int]] = [[] for _ in range(B)]
-        reason: list[str] = ["length"] * B
-        live = list(range(B))
-        k = min(top_k, logits.shape[1])
-        while live:
-            probs = logits.float().softmax(-1)
-            p, cand = probs.topk(k, dim=-1)                                    # [b, k]
-            b = len(live)
-            # Run all k candidates of every row one step: their hidden states (and caches).
-            runtime.select(torch.arange(b).repeat_interleave(k))
-            cand_logits = runtime.decode(cand.reshape(-1))                     # [b*k, V]
-            h = torch.nn.functional.normalize(runtime.last_hidden.view(b, k, -1), dim=-1, eps=1e-8)
-            cos = torch.einsum("bkh,bth->bkt", h, ctx)                          # [b, k, T]
-            penalty = cos.masked_fill(~ctx_mask[:, None, :], -1.0).amax(-1)    # [b, k]
-            score = (1 - alpha) * p - alpha * penalty
-            j = score.argmax(-1)                                               # [b] first max
-            chosen = cand.gather(1, j[:, None]).view(-1)
-            keep = []
-            for i, r in enumerate(live):
-                t = int(chosen[i])
-                toks[r].append(t)
-                if t in eos:
-                    reason[r] = "stop"
-                elif len(toks[r]) < max_tokens:
-                    keep.append(i)
-            if not keep:
-                break
-            kt = torch.tensor(keep)
-            rows = kt * k + j[kt]
-            runtime.select(rows)                                               # keep the chosen cache row
-            logits = cand_logits[rows]
-            hj = h[kt, j[kt]]                                                  # [b', H]
-            ctx = torch.cat([ctx[kt], hj[:, None, :]], dim=1)
-            ctx_mask = torch.cat([ctx_mask[kt], ctx_mask.new_ones(len(keep), 1)], dim=1)
-            live = [live[i] for i in keep]
+        engine = Engine(runtime, tokenizer)
+        out: dict[int, list] = {}
+        reqs = [Request(p, SamplingParams(seed=0), max_tokens=max_tokens, min_tokens=min_tokens,
+                        stop=tuple(stop), strategy=settings) for p in ids]
+        for r in reqs:
+            out[engine.add(r)] = []
+        while engine.has_work():
+            for e in engine.step():
+                out[e.request].append(e)
     finally:
         runtime.keep_hidden = old
-    return [Hypothesis(t, 0.0, reason[r], tokenizer.decode(t) if tokenizer is not None else "")
-            for r, t in enumerate(toks)]
+    res = []
+    for r in reqs:
+        evs = out[r.id]
+        res.append(Hypothesis([e.token for e in evs], 0.0, evs[-1].finish_reason if evs else "length",
+                              "".join(e.text for e in evs)))
+    return res
 
 
 # -- command line ---------------------------------------------------------------------------------
@@ -563,15 +702,37 @@ def _constraints(words: Sequence[str] | None, tokenizer: Any) -> tuple:
 
 def run_search_from_args(args: argparse.Namespace, runtime: Any, prompts: Sequence[str],
                          params: SamplingParams) -> list[list[str]]:
-    """Run the search the flags ask for; return `[prompt] -> texts` (num_return_sequences each)."""
+    """Run the search the flags ask for; return `[prompt] -> texts` (num_return_sequences each).
+
+    `--stop`, `--min-tokens` and the constraint flags (`--json-schema`, `--regex`, `--grammar`,
+    `--choices`) apply to beams; `-n > 1` and `--ban-phrases` are errors naming both options."""
+    from .mbr import strategy_kwargs
+
     max_tokens = getattr(args, "max_tokens", 64)
     chat = getattr(args, "chat", False)
+    stop = tuple(getattr(args, "stop", None) or ())
+    min_tokens = getattr(args, "min_tokens", 0) or 0
+    name = "--contrastive" if getattr(args, "contrastive", None) is not None else "--beams"
+    if (getattr(args, "n", 1) or 1) > 1:
+        raise TemperanceError(f"-n {args.n} with {name}: use --num-return-sequences for beams "
+                              "(contrastive search is deterministic)")
+    kw = strategy_kwargs(args) if hasattr(args, "json_schema") else {}
+    if "ban_phrases" in kw:
+        raise TemperanceError(f"--ban-phrases with {name}: a rewind cannot follow reordered beams; "
+                              "give one of them")
     if getattr(args, "contrastive", None) is not None:
         if getattr(args, "beams", None) is not None:
             raise TemperanceError("give --beams or --contrastive, not both")
+        if "constraint" in kw:
+            raise TemperanceError("a constraint flag with --contrastive: give one of them")
+        extra = sorted(n for n, f in ACTIVE.items() if f(params) and n != "top_k")
+        if extra:
+            raise TemperanceError(f"--contrastive does not run the sampler chain, but {', '.join(extra)} "
+                                  "is set; only --top-k (its candidates) applies")
         k = getattr(args, "top_k", None) or params.top_k or 4
         return [[h.text] for h in contrastive_search(runtime, prompts, alpha=args.contrastive,
-                                                      top_k=int(k), max_tokens=max_tokens, chat=chat)]
+                                                      top_k=int(k), max_tokens=max_tokens, chat=chat,
+                                                      min_tokens=min_tokens, stop=stop)]
     tokenizer = getattr(runtime, "tokenizer", None)
     words = getattr(args, "force_words", None)
     settings = BeamSettings(
@@ -579,5 +740,6 @@ def run_search_from_args(args: argparse.Namespace, runtime: Any, prompts: Sequen
         num_return_sequences=args.num_return_sequences, groups=args.diverse_groups,
         diversity_penalty=args.diversity_penalty, constraints=_constraints(words, tokenizer),
         sample=bool(getattr(args, "beam_sample", False)))
-    res = beam_search(runtime, prompts, settings, params, max_tokens=max_tokens, chat=chat)
+    res = beam_search(runtime, prompts, settings, params, max_tokens=max_tokens, chat=chat,
+                      min_tokens=min_tokens, stop=stop, constraint=kw.get("constraint"))
     return [[h.text for h in hyps] for hyps in res]

@@ -8,19 +8,26 @@ Sampling knobs beyond OpenAI's are extra body fields under llama.cpp server name
 ``min_p``, ``repeat_penalty``, ``dry_multiplier``, ``samplers``, ``preset`` ...), turned into
 `SamplingParams` by `request.params_from_request` (shared with the CLI).
 
-Scheduling (static micro-batching). One worker thread owns the model. Requests are validated and
-tokenized on arrival, then put on a bounded queue (full → 429). The worker takes the oldest job plus
-everything else queued, up to ``max_batch`` rows (a request with ``n`` samples is ``n`` rows), and
-runs them all in ONE `generate` call, each row with its own request's knobs, seed, ``max_tokens``,
-``min_tokens`` and stop strings. Requests that arrive while a batch runs wait for the next batch
-(no continuous batching). Each sample is its own row with seed
-``seed + sample`` (as `generate` does for ``n``), so a seeded request gives the same text alone
-or batched.
+Structured output: OpenAI's ``response_format`` (``json_object``, ``json_schema``) and llama.cpp's
+``grammar`` (GBNF) / ``json_schema`` fields go through the CLI's constraint code (`constrain`); an
+invalid schema or grammar is a 400 before any token.
 
-Disconnects: when a streaming client goes away its job is marked cancelled; the worker checks the
-flags after every event and stops the whole `generate` call once every job in it is cancelled
-(rows of a partly cancelled batch keep running to the batch's end, their events are dropped).
-Non-streaming requests run to completion.
+Scheduling (continuous batching). One worker thread owns the model and runs `engine.Engine`:
+requests are validated and tokenized on arrival, then put on a bounded queue (full → 429). Between
+two engine steps the worker moves queued requests into the running batch while their rows fit in
+``max_batch`` (a request with ``n`` samples is ``n`` rows, prefilled once and forked); the rest
+wait in the queue. So a short request sent while a long one runs joins at the next step and is
+served while the long one goes on. Each sample is its own row with seed ``seed + sample``, so a
+seeded request gives the same text alone or batched. `/v1/inspect` waits in the same queue and
+runs between steps (`runtime.peek`, no cache): its chosen token is `Chain.sample`, what
+generation picks first for that seed.
+
+Disconnects: when a client goes away (a stream closed, or a non-streaming request whose
+connection dropped, polled every 0.25 s) its job is marked cancelled, and the worker aborts its
+rows: they leave the batch at the next step. Errors a request can know before its first token
+(a bad schema, a ``logit_bias`` that bans every token) are a 4xx, not a 200 with an error event:
+the handler waits for the first event before it starts the response. Connections are bounded by
+uvicorn (``limit_concurrency``, keep-alive timeout, header size).
 
 Errors are JSON ``{"error": {"message", "type", "code"}}``: 400 bad input, 404 unknown model or
 route, 413 body over ``max_body_bytes``, 429 queue full, 500 an internal error (the server stays
@@ -55,10 +62,15 @@ class ServerConfig:
     default_max_tokens: int = 16     # OpenAI's completions default
     max_prompt_tokens: int = 2048    # longest prompt (tokens, after the chat template)
     max_n: int = 8                   # most samples per request
-    max_batch: int = 32              # most rows in one generate call
+    max_batch: int = 32              # most rows in the running batch
     max_queue: int = 64              # most waiting requests before 429
+    max_connections: int = 256       # most open connections (uvicorn answers 503 above)
     max_body_bytes: int = 1 << 20    # 1 MiB → 413 above
     max_inspect_top: int = 50
+
+
+class ClientGone(Exception):
+    """The client disconnected while its request ran (its rows were freed)."""
 
 
 class APIError(Exception):
@@ -70,6 +82,14 @@ class APIError(Exception):
 def _err(status: int, message: str, type_: str = "invalid_request_error", code: str | None = None):
     from fastapi.responses import JSONResponse
     return JSONResponse({"error": {"message": message, "type": type_, "code": code}}, status_code=status)
+
+
+def _unicode(name: str, text: str) -> None:
+    """A 400 for text the tokenizer cannot take (a lone surrogate such as "\\ud800")."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise APIError(400, f"{name} is not valid Unicode: {e.reason} at character {e.start}") from None
 
 
 # -- jobs and the worker -----------------------------------------------------------------------------
@@ -84,20 +104,29 @@ class Job:
     out: asyncio.Queue
     cancelled: bool = False
     created: float = field(default_factory=time.time)
+    inspect: int = 0                  # > 0: a /v1/inspect job (its top count), not a generation
+    finished: int = 0                 # samples finished so far
 
     def put(self, item: Any) -> None:
         self.loop.call_soon_threadsafe(self.out.put_nowait, item)
 
 
 class Worker:
-    """The one thread that runs the model; see the module docstring for the batching policy."""
+    """The one thread that owns the model: a loop over `Engine.step` (see the module docstring)."""
 
-    def __init__(self, runtime: Any, config: ServerConfig):
-        self.runtime, self.config = runtime, config
+    def __init__(self, runtime: Any, config: ServerConfig, texts: list[str] | None = None,
+                 out_texts: list[str] | None = None):
+        from .engine import Engine
+
+        self.runtime, self.config, self.texts, self.out_texts = runtime, config, texts or [], out_texts
         self.queue: queue.Queue[Job] = queue.Queue(maxsize=config.max_queue)
-        self.lock = threading.Lock()          # the model: worker batches and /v1/inspect
-        self.batches = 0                      # generate calls so far (for tests / stats)
-        self.stopped_early = 0                # generate calls stopped because every job was cancelled
+        self.engine = Engine(runtime, max_rows=config.max_batch)
+        self.active: dict[int, Job] = {}      # engine request id -> job
+        self.batches = 0                      # busy periods: the engine started from idle
+        self.steps = 0                        # engine steps
+        self.stopped_early = 0                # requests aborted (client gone) before they finished
+        self.most_rows = 0                    # largest batch seen
+        self._held: Job | None = None         # taken from the queue, waiting for room
         self.thread = threading.Thread(target=self._run, name="temperance-worker", daemon=True)
         self.thread.start()
 
@@ -108,56 +137,94 @@ class Worker:
             raise APIError(429, f"server busy: {self.config.max_queue} requests already queued; "
                                 "retry later", "rate_limit_error", "queue_full") from None
 
-    def _take(self) -> list[Job]:
-        jobs = [self.queue.get()]
-        rows = jobs[0].opts.n
-        while rows < self.config.max_batch:
-            try:
-                job = self.queue.get_nowait()
-            except queue.Empty:
-                break
-            jobs.append(job)
-            rows += job.opts.n
-        return jobs
-
     def _run(self) -> None:
         while True:
-            group = [j for j in self._take() if not j.cancelled]
-            if not group:
-                continue
             try:
-                with self.lock:
-                    self._generate(group)
+                idle = not self.engine.has_work()
+                self._admit(block=idle)
+                if idle and self.engine.has_work():
+                    self.batches += 1
+                for rid, job in list(self.active.items()):
+                    if job.cancelled:
+                        self.engine.abort(rid)
+                        del self.active[rid]
+                        self.stopped_early += 1
+                if not self.engine.has_work():
+                    continue
+                events = self.engine.step()
+                self.steps += 1
+                self.most_rows = max(self.most_rows, len(self.engine.rows))
             except Exception as e:  # noqa: BLE001 - reported to the clients, worker lives on
-                msg = str(e) if isinstance(e, TemperanceError) else f"internal error: {type(e).__name__}: {e}"
-                for j in group:
-                    j.put(APIError(400 if isinstance(e, TemperanceError) else 500, msg,
-                                   "invalid_request_error" if isinstance(e, TemperanceError) else "server_error"))
+                self._fail(e)
+                continue
+            for e in events:
+                job = self.active.get(e.request)
+                if job is None:
+                    continue
+                job.put((e.sample, e))
+                if e.finish_reason is not None:
+                    job.finished += 1
+                    if job.finished == job.opts.n:
+                        job.put(None)  # end of the job's stream
+                        del self.active[e.request]
 
-    def _generate(self, jobs: list[Job]) -> None:
-        from .generate import generate
+    def _admit(self, block: bool) -> None:
+        """Move queued jobs into the engine while their rows fit in max_batch (the rest wait in
+        the queue, so its bound is what gives 429s); inspect jobs run here, between steps."""
+        eng = self.engine
+        used = len(eng.rows) + sum(r.n for r in eng.pending)
+        while True:
+            job = self._held
+            if job is None:
+                try:
+                    job = self.queue.get(timeout=0.5) if block and not used else self.queue.get_nowait()
+                except queue.Empty:
+                    return
+            self._held = None
+            if job.cancelled:
+                continue
+            if job.inspect:
+                self._inspect(job)
+                continue
+            if used and used + job.opts.n > self.config.max_batch:
+                self._held = job
+                return
+            self._add(job)
+            used += job.opts.n
 
-        rows = [(j, s) for j in jobs for s in range(j.opts.n)]
-        prompts = [j.ids for j, _ in rows]
-        params = [replace(j.params, seed=(j.params.seed + s) % 2**63) for j, s in rows]
-        top = max((j.opts.top_logprobs for j in jobs), default=0)
-        self.batches += 1
-        # every row keeps its own request's limits and stop strings: one decode loop for all
-        gen = generate(self.runtime, prompts, params, max_tokens=[j.opts.max_tokens for j, _ in rows],
-                       min_tokens=[j.opts.min_tokens for j, _ in rows],
-                       stop=[list(j.opts.stop or ()) for j, _ in rows], top_n=top)
+    def _add(self, job: Job) -> None:
+        from .engine import Request
+
+        o = job.opts
         try:
-            for e in gen:
-                job, sample = rows[e.request]
-                if not job.cancelled:
-                    job.put((sample, e))
-                if all(j.cancelled for j in jobs):
-                    self.stopped_early += 1
-                    break
-        finally:
-            gen.close()
-        for j in jobs:
-            j.put(None)  # end of the job's stream
+            rid = self.engine.add(Request(job.ids, job.params, n=o.n, max_tokens=o.max_tokens,
+                                          min_tokens=o.min_tokens, stop=tuple(o.stop or ()),
+                                          constraint=o.constraint, top_n=o.top_logprobs))
+        except TemperanceError as e:
+            job.put(APIError(400, str(e)))
+            return
+        self.active[rid] = job
+
+    def _inspect(self, job: Job) -> None:
+        try:
+            job.put(_inspect(self.runtime, self.texts, job.ids, job.params, job.inspect, self.out_texts))
+        except TemperanceError as e:
+            job.put(APIError(400, str(e)))
+        except Exception as e:  # noqa: BLE001
+            job.put(APIError(500, f"internal error: {type(e).__name__}: {e}", "server_error"))
+
+    def _fail(self, e: Exception) -> None:
+        """A step failed: every running job gets the error; the engine starts afresh."""
+        from .engine import Engine
+
+        bad = isinstance(e, TemperanceError)
+        msg = str(e) if bad else f"internal error: {type(e).__name__}: {e}"
+        for job in self.active.values():
+            job.put(APIError(400 if bad else 500, msg, "invalid_request_error" if bad else "server_error"))
+        self.active.clear()
+        if hasattr(self.runtime, "reset"):
+            self.runtime.reset()
+        self.engine = Engine(self.runtime, max_rows=self.config.max_batch)
 
 
 # -- the app -------------------------------------------------------------------------------------------
@@ -170,11 +237,11 @@ def create_app(runtime: Any, config: ServerConfig = ServerConfig()):
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
     app = FastAPI(title="temperance", docs_url=None, redoc_url=None, openapi_url=None)
-    worker = Worker(runtime, config)
-    app.state.worker = worker
     tok = runtime.tokenizer
     texts = tok.token_texts()                   # labels: special tokens keep their names
     out_texts = _output_texts(tok, runtime)      # generated text: special tokens are ""
+    worker = Worker(runtime, config, texts, out_texts)
+    app.state.worker = worker
     names = {config.model_name, *config.model_aliases}
 
     @app.exception_handler(APIError)
@@ -192,6 +259,10 @@ def create_app(runtime: Any, config: ServerConfig = ServerConfig()):
     @app.exception_handler(RequestValidationError)
     async def _validation(_req, e):
         return _err(400, str(e))
+
+    @app.exception_handler(ClientGone)
+    async def _gone(_req, e):
+        return _err(499, "client closed the request", "client_closed")
 
     @app.exception_handler(Exception)
     async def _internal(_req, e):
@@ -212,6 +283,8 @@ def create_app(runtime: Any, config: ServerConfig = ServerConfig()):
             body = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as e:
             raise APIError(400, f"request body is not valid JSON: {e}", code="invalid_json") from None
+        except RecursionError:
+            raise APIError(400, "request body is nested too deeply", code="invalid_json") from None
         if not isinstance(body, dict):
             raise APIError(400, f"request body must be a JSON object, got {type(body).__name__}")
         return body
@@ -232,6 +305,11 @@ def create_app(runtime: Any, config: ServerConfig = ServerConfig()):
             raise APIError(400, f"n={opts.n} is over this server's cap of {config.max_n} (--max-n)")
         if params.seed is None:
             params = replace(params, seed=secrets.randbits(62))
+        banned = {int(t) for t, v in params.logit_bias.items() if v == float("-inf") or v is False}
+        if len(banned & set(range(runtime.vocab_size))) == runtime.vocab_size:
+            raise APIError(400, "logit_bias bans every token of the vocabulary")
+        if opts.constraint is not None:
+            opts.constraint.compile(runtime)  # an invalid schema or grammar: 400 before any token
         return params, opts
 
     def check_prompt_ids(ids: list[int]) -> list[int]:
@@ -255,6 +333,7 @@ def create_app(runtime: Any, config: ServerConfig = ServerConfig()):
             if len(p) > config.max_prompt_tokens * 32:
                 raise APIError(400, f"prompt is {len(p)} characters; far over the limit of "
                                     f"{config.max_prompt_tokens} tokens", code="prompt_too_long")
+            _unicode("prompt", p)
             return check_prompt_ids(list(tok.encode(p)))
         if isinstance(p, list) and p and all(isinstance(t, int) and not isinstance(t, bool) for t in p):
             if any(not 0 <= t < runtime.vocab_size for t in p):
@@ -283,6 +362,8 @@ def create_app(runtime: Any, config: ServerConfig = ServerConfig()):
             if len(c) > config.max_prompt_tokens * 32:
                 raise APIError(400, f"messages[{i}].content is {len(c)} characters; far over the limit "
                                     f"of {config.max_prompt_tokens} tokens", code="prompt_too_long")
+            _unicode(f"messages[{i}].content", c)
+            _unicode(f"messages[{i}].role", m["role"])
             clean.append({"role": m["role"], "content": c})
         try:
             ids = list(tok.apply_chat_template(clean))
@@ -314,15 +395,20 @@ def create_app(runtime: Any, config: ServerConfig = ServerConfig()):
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         created = int(time.time())
         obj = "chat.completion" if chat else "text_completion"
+        try:
+            first = await next_item(job, request)  # errors known before the first token: a 4xx
+        except BaseException:
+            job.cancelled = True
+            raise
+        if isinstance(first, APIError):
+            raise first
         if opts.stream:
-            return StreamingResponse(stream(job, rid, created, chat, len(ids)), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache"})
+            return StreamingResponse(stream(job, rid, created, chat, len(ids), first),
+                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         choices = [{"text": "", "tokens": 0, "lp": [], "finish": None} for _ in range(opts.n)]
         try:
-            while True:
-                item = await job.out.get()
-                if item is None:
-                    break
+            item = first
+            while item is not None:
                 if isinstance(item, APIError):
                     raise item
                 s, e = item
@@ -332,6 +418,7 @@ def create_app(runtime: Any, config: ServerConfig = ServerConfig()):
                 c["finish"] = e.finish_reason or c["finish"]
                 if opts.logprobs:
                     c["lp"].append(logprob_entry(e, opts, chat))
+                item = await next_item(job, request)  # a client gone: its rows leave (cancelled)
         finally:
             job.cancelled = True
         out = []
@@ -355,7 +442,17 @@ def create_app(runtime: Any, config: ServerConfig = ServerConfig()):
                              "choices": out, "usage": {"prompt_tokens": len(ids), "completion_tokens": done,
                                                        "total_tokens": len(ids) + done}})
 
-    async def stream(job: Job, rid: str, created: int, chat: bool, n_prompt: int):
+    async def next_item(job: Job, request: Request):
+        """The job's next item; polls for a client that went away (then raises ClientGone)."""
+        while True:
+            try:
+                return await asyncio.wait_for(job.out.get(), 0.25)
+            except asyncio.TimeoutError:
+                if await request.is_disconnected():
+                    job.cancelled = True
+                    raise ClientGone() from None
+
+    async def stream(job: Job, rid: str, created: int, chat: bool, n_prompt: int, first: Any):
         obj = "chat.completion.chunk" if chat else "text_completion"
         opts = job.opts
 
@@ -370,10 +467,8 @@ def create_app(runtime: Any, config: ServerConfig = ServerConfig()):
             if chat:
                 yield chunk([{"index": s, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                               "finish_reason": None} for s in range(opts.n)])
-            while True:
-                item = await job.out.get()
-                if item is None:
-                    break
+            item = first
+            while item is not None:
                 if isinstance(item, APIError):
                     yield f"data: {json.dumps({'error': {'message': item.message, 'type': item.type}})}\n\n"
                     break
@@ -389,6 +484,7 @@ def create_app(runtime: Any, config: ServerConfig = ServerConfig()):
                               "tokens": [lp[0]], "token_logprobs": [lp[1]], "top_logprobs": [lp[2]],
                               "text_offset": [0]}}
                 yield chunk([ch])
+                item = await job.out.get()
             if opts.include_usage:
                 yield chunk([], {"prompt_tokens": n_prompt, "completion_tokens": done,
                                  "total_tokens": n_prompt + done})
@@ -413,6 +509,7 @@ def create_app(runtime: Any, config: ServerConfig = ServerConfig()):
     async def health():
         return {"status": "ok", "model": config.model_name, "queued": worker.queue.qsize(),
                 "worker_alive": worker.thread.is_alive(), "batches": worker.batches,
+                "steps": worker.steps, "rows": len(worker.engine.rows), "most_rows": worker.most_rows,
                 "stopped_early": worker.stopped_early}
 
     @app.get("/v1/samplers")
@@ -434,8 +531,8 @@ def create_app(runtime: Any, config: ServerConfig = ServerConfig()):
             raise APIError(400, f"top must be an integer in [1, {config.max_inspect_top}], got {top!r}")
         if not isinstance(append, list) or not all(isinstance(t, int) and 0 <= t < runtime.vocab_size for t in append):
             raise APIError(400, "append must be a list of token ids")
-        gen = {k: body.pop(k) for k in list(body) if k in ("max_tokens", "n", "stream", "logprobs", "top_logprobs")}
-        del gen
+        for k in ("max_tokens", "n", "stream", "logprobs", "top_logprobs"):
+            body.pop(k, None)
         params, _ = parse(body)
         if chat:
             body["messages"] = [{"role": "user", "content": body.get("prompt")}]
@@ -443,7 +540,12 @@ def create_app(runtime: Any, config: ServerConfig = ServerConfig()):
         else:
             ids = encode_prompt(body)
         ids = check_prompt_ids(ids + append)
-        return await asyncio.to_thread(_inspect, runtime, worker.lock, texts, ids, params, top, out_texts)
+        job = Job(ids, params, GenOptions(), asyncio.get_running_loop(), asyncio.Queue(), inspect=top)
+        worker.submit(job)  # behind the same queue (and its 429) as generation; run between steps
+        item = await next_item(job, request)
+        if isinstance(item, APIError):
+            raise item
+        return item
 
     return app
 
@@ -456,10 +558,15 @@ def _output_texts(tok: Any, runtime: Any) -> list[str]:
     return [("" if i in eos else t) for i, t in enumerate(tok.token_texts())]
 
 
-def _inspect(runtime: Any, lock: threading.Lock, texts: list[str], ids: list[int], params: Any, top: int,
+def _inspect(runtime: Any, texts: list[str], ids: list[int], params: Any, top: int,
              out_texts: list[str] | None = None) -> dict:
-    """The next-token table after each stage; candidates labelled by `texts` (names), the chosen
-    token's `text` from `out_texts` (what it adds to the output: "" for a special token)."""
+    """The next-token distribution after each active stage, and the token generation picks.
+
+    Candidates are labelled by `texts` (names), the chosen token's `text` comes from `out_texts`
+    (what it adds to the output: "" for a special token). The chosen token is `Chain.sample` on
+    the same batch `generate` would build (seed, step 0, history = the prompt), so it is what
+    generation picks first for that seed. The logits come from `runtime.peek` (no cache), so a
+    running batch is not disturbed."""
     import math
 
     import torch
@@ -468,16 +575,13 @@ def _inspect(runtime: Any, lock: threading.Lock, texts: list[str], ids: list[int
     from .chain import Chain
     from .generate import dry_breakers_for
 
-    with lock:
-        logits = runtime.prefill([ids]).float()
-        batch = Batch(params, history=[ids], dry_breakers=dry_breakers_for([params], runtime.tokenizer))
-        chain = Chain(params)
-        stages = [("input", logits)] + chain.stages(logits, batch)
-        g = torch.Generator().manual_seed(params.seed)
-        final = torch.softmax(stages[-1][1][0], -1)
-        chosen = int(torch.argmax(final)) if params.greedy else int(torch.multinomial(final, 1, generator=g))
-        runtime.reset()
-    probs = [torch.softmax(x[0], -1) for _, x in stages]
+    logits = runtime.peek([ids]).float()
+    batch = Batch(params, history=[ids], dry_breakers=dry_breakers_for([params], runtime.tokenizer),
+                  device=logits.device)
+    chain = Chain(params)
+    stages = [("input", logits)] + chain.stages(logits, batch)
+    chosen = int(chain.sample(logits, batch).tokens[0])
+    probs = [torch.softmax(x[0].float(), -1).cpu() for _, x in stages]
     order = torch.sort(probs[0], descending=True, stable=True).indices[:top].tolist()
     for i in torch.sort(probs[-1], descending=True, stable=True).indices[:top].tolist():
         if probs[-1][i] > 0 and i not in order:
@@ -515,4 +619,7 @@ def serve(model: str = "smollm2", host: str = "127.0.0.1", port: int = 8000, thr
     config = ServerConfig(model_name=model, model_aliases=aliases, **limits)
     app = create_app(runtime, config)
     print(f"temperance: serving {model} on http://{host}:{port}/ (playground at /)", flush=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=2)
+    # uvicorn's own bounds: open connections (503 above), idle keep-alive time, header size.
+    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=2,
+                limit_concurrency=config.max_connections, timeout_keep_alive=5,
+                h11_max_incomplete_event_size=64 * 1024)

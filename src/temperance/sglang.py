@@ -54,7 +54,7 @@ from .batch import Batch
 from .chain import Chain
 from .errors import TemperanceError
 from .params import SamplingParams
-from .request import GEN_PARAMS, IGNORED, params_from_request
+from .request import GEN_PARAMS, IGNORED, STRUCTURED, params_from_request
 
 try:
     from sglang.srt.sampling.custom_logit_processor import CustomLogitProcessor as _Base
@@ -85,7 +85,7 @@ log = logging.getLogger(__name__)
 @functools.lru_cache(maxsize=1024)
 def _parse(canonical: str) -> SamplingParams:
     knobs = json.loads(canonical)
-    theirs = sorted(k for k in knobs if k in GEN_PARAMS or k in IGNORED)
+    theirs = sorted(k for k in knobs if k in GEN_PARAMS or k in IGNORED or k in STRUCTURED)
     if theirs:
         raise TemperanceError(f"{', '.join(theirs)} in custom_params is a generation option: set it "
                               "in SGLang's sampling_params")

@@ -80,7 +80,8 @@ from .chain import Chain
 from .errors import TemperanceError
 from .ops.mirostat import mirostat_update
 from .params import SamplingParams
-from .request import GEN_PARAMS, IGNORED, params_from_request
+from .request import GEN_PARAMS, IGNORED, STRUCTURED, params_from_request
+from .states import MirostatState
 
 try:  # the older interface (CPU build, older GPU runner)
     from vllm.v1.sample.logits_processor import BatchUpdate, MoveDirectionality
@@ -131,7 +132,7 @@ def params_of(sp: Any) -> SamplingParams | None:
     knobs = _knobs(sp)
     if knobs is None:
         return None
-    theirs = sorted(k for k in knobs if k in GEN_PARAMS or k in IGNORED)
+    theirs = sorted(k for k in knobs if k in GEN_PARAMS or k in IGNORED or k in STRUCTURED)
     if theirs:
         raise TemperanceError(f"{', '.join(theirs)} in extra_args[{KEY!r}] is a generation option: "
                               "set it on vLLM's SamplingParams / the request itself")
@@ -243,10 +244,11 @@ class _Core:
                       seed=torch.tensor([r.seed for r in rq], dtype=torch.int64),
                       step=torch.tensor([steps[i] for i in members], dtype=torch.int64), device=dev)
         chain = self._chains.get(order) or self._chains.setdefault(order, Chain(list(order)))
+        state = None  # mirostat's mu, per request (the chain holds no state)
         if miro:
-            chain.mu = torch.stack([r.mu for r in rq]).to(device=dev, dtype=torch.float32)
+            state = MirostatState(batch, torch.stack([r.mu for r in rq]).to(device=dev, dtype=torch.float32))
         index = torch.tensor([rows[i] for i in members], dtype=torch.int64, device=dev)
-        out = chain(logits.index_select(0, index), batch)
+        out = chain(logits.index_select(0, index), batch, state)
         greedy = [p.temperature == 0 for p in params]
         if any(greedy):  # our temperature 0: only the argmax (lowest id on ties) survives
             top = torch.zeros_like(out, dtype=torch.bool).scatter_(1, out.argmax(-1, keepdim=True), True)

@@ -13,17 +13,24 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from . import _native
 from ._common import compact
 
 CHUNK = 128
 
 
 def chunked_topk(x: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """``torch.topk(x, k)`` (sorted, descending) computed on the candidate chunks only.
+    """``torch.topk(x, k)`` (sorted, descending) computed on the candidate chunks only. On CPU
+    float32 the native kernel does it in one pass (and breaks ties by the lower id; past a row's
+    entries above -inf its ids are V, where torch.topk names -inf entries).
 
     NaN and +inf propagate to ``values[:, 0]`` (the row maximum), so callers can check rows there.
     """
     B, V = x.shape
+    if _native.usable(x):
+        r = _native.topk(x, min(k, V))
+        if r is not None:  # (None: a row holds NaN; torch.topk below puts it first)
+            return r
     C = V // CHUNK
     if k * 4 > C or not x.is_contiguous():
         return torch.topk(x, min(k, V), dim=-1)

@@ -9,8 +9,10 @@ llama.cpp; -1 = the whole context, 0 = off). Then, for every token seen:
   ``l −= count·α_f + [count > 0]·α_p``, after the repetition penalty.
 
 Only the B·L history entries are touched (a gather and a scatter), never the whole vocabulary.
-The new values are computed in float64; a penalised logit that leaves the dtype's range saturates
-at its largest finite value (a penalty never masks, and never makes +inf).
+The new values are computed in float32 (float64 for float64 logits) and saturate at the dtype's
+largest finite value: a penalised logit that leaves the range stays a logit (a penalty never
+masks, and never makes +inf or NaN; with every knob within ±1e30, ``count·α_f + α_p`` is far below
+float32's range, so a saturated value cannot come back).
 
 >>> import torch
 >>> x = torch.tensor([[2.0, -1.0, 1.0, 0.5]])
@@ -51,14 +53,14 @@ def _penalties_(x: Tensor, history: Tensor, repetition_penalty, frequency_penalt
     valid = h >= 0
     if not bool(valid.any()):
         return x
-    f64 = torch.float64
-    counts = token_counts(h).to(f64)
+    w = torch.float64 if x.dtype == torch.float64 else torch.float32  # (float32 as the fast path)
+    counts = token_counts(h).to(w)
     tok = h.clamp(min=0)
     old = x.gather(1, tok)
-    theta = col(repetition_penalty, x, f64)
-    o = old.double()
+    theta = col(repetition_penalty, x, w)
+    o = old.to(w)
     new = torch.where(o > 0, o / theta, o * theta)
-    new = new - counts * col(frequency_penalty, x, f64) - col(presence_penalty, x, f64)
+    new = new - counts * col(frequency_penalty, x, w) - col(presence_penalty, x, w)
     off = col(penalty_last_n, x, torch.int64) == 0
     new = torch.where(off | ~torch.isfinite(old), old, fit(new, x.dtype))  # stays finite
     rows = torch.arange(x.shape[0], device=x.device).view(-1, 1).expand_as(tok)

@@ -17,11 +17,16 @@ import torch
 from torch import Tensor
 
 from ..stage import Knob, Stage
-from ._common import NEG_INF, check_logits, col, is_neutral, knob
+from . import _native
+from ._common import NEG_INF, check_logits, col, knob
+from ._common import compact as _compact
 from ._topk import chunked_topk
 
 
 def _top_k_(x: Tensor, top_k) -> Tensor:
+    """Top-k on ``x`` in place (x is the caller's own working tensor)."""
+    if _native.usable(x) and _native.topk_dense(x, torch.as_tensor(top_k), out=x) is not None:
+        return x
     B, V = x.shape
     k = col(top_k, x, torch.int64)  # [B, 1]
     k = torch.where((k <= 0) | (k >= V), V, k)
@@ -50,23 +55,43 @@ def top_k(logits: Tensor, *, top_k=0) -> Tensor:
     """Keep the ``top_k`` largest logits of each row (exactly k; ties → lower token id)."""
     check_logits(logits)
     top_k = knob("top_k", top_k, logits)
-    x = logits.clone()
-    return x if is_neutral("top_k", top_k) else _top_k_(x, top_k)
+    if _native.usable(logits):
+        y = _native.topk_dense(logits, torch.as_tensor(top_k))
+        if y is not None:
+            return y
+    return _top_k_(logits.clone(), top_k)
 
 
 def compact(x: Tensor, top_k) -> "Candidates":  # noqa: F821
-    """Exactly the top-k survivors of dense ``x`` as `Candidates`, from a chunked top-k."""
+    """Exactly the top-k survivors of dense ``x`` as `Candidates`, from a chunked top-k (every row
+    must have 0 < k < V). A tie at the k-th value goes to the lowest ids: only those rows look at
+    the whole row again."""
     from ..candidates import Candidates  # candidates imports ops: keep the import edge one-way
 
-    V = x.shape[1]
+    B, V = x.shape
     k = col(top_k, x, torch.int64)
     kmax = int(k.max())
-    vals, ids = chunked_topk(x, min(kmax + 1, V))
-    if kmax < V:
-        if bool((vals.gather(1, k) == vals.gather(1, k - 1)).any()):  # boundary tie
-            return Candidates.from_dense(_top_k_(x.clone(), top_k))
+    exact = _native.topk(x, kmax) if _native.usable(x) else None  # ties already to the lowest ids
+    if exact is not None:
+        vals, ids = exact
+        tied = torch.zeros(1, dtype=torch.bool)
+    else:
+        vals, ids = chunked_topk(x, min(kmax + 1, V))
+        kth = vals.gather(1, k - 1)
+        tied = (vals.gather(1, k) == kth) & torch.isfinite(kth)
         vals, ids = vals[:, :kmax], ids[:, :kmax]
-    vals = vals.masked_fill(torch.arange(vals.shape[1], device=x.device) >= k, NEG_INF)
+    if bool(tied.any()):  # torch.topk picks any of the tied ids: take the lowest ones instead
+        rows = tied.view(-1).nonzero().view(-1)
+        xr, kr, vr = x[rows], kth[rows], vals[rows]
+        greater = (vr > kr).sum(-1, keepdim=True)  # all of them are in the top k, first
+        _, tie_ids = _compact(xr, xr == kr)         # ascending ids
+        j = torch.arange(kmax, device=x.device) - greater
+        fill = (j >= 0) & (j < k[rows] - greater)
+        tid = tie_ids.gather(1, j.clamp(0, tie_ids.shape[1] - 1))
+        ids[rows] = torch.where(fill, tid, ids[rows])
+        vals[rows] = torch.where(fill, kr.to(vals.dtype), vr)
+    past = torch.arange(kmax, device=x.device) >= k  # slots past a row's own k: padding
+    vals, ids = vals.masked_fill(past, NEG_INF), ids.masked_fill(past, V)
     ids, order = torch.sort(ids, dim=-1)
     return Candidates(vals.gather(1, order), ids, V)
 

@@ -283,8 +283,113 @@ class HFRuntime:
         self._next_pos = self._next_pos.index_select(0, index)
         if self.last_hidden is not None:
             self.last_hidden = self.last_hidden.index_select(0, index)
-        # TODO(runtime): when rows finish, the left columns that are padding in every remaining
-        # row could be trimmed from the cache and mask to save attention work.
+        self._trim()
+
+    # -- the engine's methods: rows join and rewind while the batch runs ------------------------------
+
+    @torch.no_grad()
+    def join(self, prompts: list[list[int]]) -> Tensor:
+        """Prefill `prompts` as new rows appended after the running ones; return their logits.
+
+        The new rows are prefilled on their own (left-padded among themselves), then spliced into
+        the running cache: whichever part is shorter in time is padded on the left with masked
+        columns, so every row keeps exactly the positions it would have alone. With no running
+        rows this is `prefill`.
+
+        Returns:
+            [len(prompts), V] float32 logits for the token after each new prompt.
+        """
+        if self.rows == 0:
+            return self.prefill(prompts)
+        old_cache, old_mask, old_pos, old_hidden = self._cache, self._mask, self._next_pos, self.last_hidden
+        logits = self.prefill(prompts)
+        new_cache, new_mask = self._cache, self._mask
+        T = max(old_mask.shape[1], new_mask.shape[1])
+        self._cache = _splice(old_cache, new_cache, old_mask.shape[1], new_mask.shape[1], T)
+        self._mask = torch.cat([_pad_left(old_mask, T), _pad_left(new_mask, T)])
+        self._next_pos = torch.cat([old_pos, self._next_pos])
+        if old_hidden is not None and self.last_hidden is not None:
+            self.last_hidden = torch.cat([old_hidden, self.last_hidden])
+        self._trim()
+        return logits
+
+    @torch.no_grad()
+    def truncate(self, drop: Tensor) -> None:
+        """Forget the last `drop[i]` cached tokens of row i ([B] int64; 0 = keep the row as is).
+
+        A row's kept entries move right by `drop[i]` columns and the freed columns on the left
+        become masked padding, so the batch stays one rectangular cache and no row is
+        re-prefilled. The caller feeds each rewound row its last kept token next (`decode`).
+        """
+        drop = torch.as_tensor(drop, dtype=torch.long, device=self.device).reshape(-1)
+        if drop.shape[0] != self.rows:
+            raise ValueError(f"truncate got {drop.shape[0]} counts for {self.rows} rows")
+        rows = drop.nonzero().view(-1)
+        if rows.numel() == 0:
+            return
+        d = drop[rows]
+        if bool((d > self._mask[rows].sum(-1)).any()):
+            raise ValueError("truncate: a row has fewer cached tokens than it drops")
+        T = self._mask.shape[1]
+        src = (torch.arange(T, device=self.device)[None, :] - d[:, None])        # [r, T]
+        valid = src >= 0
+        src = src.clamp(min=0)
+        self._mask[rows] = self._mask[rows].gather(1, src) * valid
+        for layer in _layers(self._cache):
+            for t in layer:
+                part = t[rows]                                                   # [r, H, T, D]
+                idx = src[:, None, :, None].expand(-1, part.shape[1], -1, part.shape[3])
+                t[rows] = part.gather(2, idx)
+        self._next_pos[rows] -= d
+        self._trim()
+
+    def _trim(self) -> None:
+        """Drop the left columns that are padding in every row (rows that left, rewinds, joins),
+        so attention never works on them. Only full-attention caches (else: kept as they are)."""
+        if self._mask is None or self._mask.shape[0] == 0:
+            return
+        c = int(self._mask.any(0).int().argmax()) if bool(self._mask.any()) else 0
+        if c == 0:
+            return
+        try:
+            layers = _layers(self._cache)
+        except TypeError:
+            return
+        if isinstance(self._cache, tuple):
+            self._cache = tuple(tuple(t[:, :, c:] for t in layer) for layer in layers)
+        else:
+            for layer in self._cache.layers:
+                layer.keys, layer.values = layer.keys[:, :, c:], layer.values[:, :, c:]
+        self._mask = self._mask[:, c:]
+
+    def hidden(self) -> Tensor:
+        """[B, H] the last layer's hidden state at each row's last fed position (needs keep_hidden)."""
+        if self.last_hidden is None:
+            raise RuntimeError("hidden() needs keep_hidden=True before the rows were fed")
+        return self.last_hidden
+
+    @torch.no_grad()
+    def peek(self, prompts: list[list[int]]) -> Tensor:
+        """Last-position logits [B, V] float32 of `prompts`, without touching the running batch
+        (no cache is kept: the playground's inspect step runs between engine steps)."""
+        ids, mask = _left_pad(prompts, self.pad_token_id)
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        kw = dict(input_ids=ids, attention_mask=mask, use_cache=False)
+        if self._takes_positions:
+            kw["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)
+        if self._takes_keep:
+            kw["logits_to_keep"] = 1
+        return self.model(**kw).logits[:, -1, :].float()
+
+    @torch.no_grad()
+    def context_hidden(self, prompts: list[list[int]]) -> tuple[Tensor, Tensor]:
+        """Last-layer hidden states of every position of `prompts`, left-padded, without touching
+        the running batch: ([B, T, H] float32, bool mask [B, T])."""
+        ids, mask = _left_pad(prompts, self.pad_token_id)
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                         output_hidden_states=True, use_cache=False)
+        return out.hidden_states[-1].float(), mask.bool()
 
     # -- internals ---------------------------------------------------------------------------------
 
@@ -303,3 +408,45 @@ class HFRuntime:
         # fp32 logits whatever the model dtype: the samplers do their arithmetic on them. Under
         # no_grad (not inference_mode) so the caller may modify them in place.
         return out.logits[:, -1, :].float(), getattr(out, self._cache_arg)    # [B, V]
+
+
+def _left_pad(prompts: list[list[int]], pad: int) -> tuple[Tensor, Tensor]:
+    T = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), T), pad, dtype=torch.long)
+    mask = torch.zeros((len(prompts), T), dtype=torch.long)
+    for row, p in enumerate(prompts):
+        ids[row, T - len(p):] = torch.as_tensor(p, dtype=torch.long)
+        mask[row, T - len(p):] = 1
+    return ids, mask
+
+
+def _pad_left(x: Tensor, T: int, dim: int = 1) -> Tensor:
+    """`x` with zero columns added on the left of `dim` up to length T (masked padding)."""
+    n = T - x.shape[dim]
+    if n == 0:
+        return x
+    shape = list(x.shape)
+    shape[dim] = n
+    return torch.cat([x.new_zeros(shape), x], dim=dim)
+
+
+def _layers(cache: Any) -> list[list[Tensor]]:
+    """Each layer's [keys, values] tensors [B, H, T, D] (a DynamicCache, or the legacy tuples)."""
+    if isinstance(cache, tuple):
+        return [list(layer) for layer in cache]
+    layers = getattr(cache, "layers", None)
+    if layers is None or any(getattr(l, "is_sliding", False) or not hasattr(l, "keys") for l in layers):
+        raise TypeError(f"rows can only join or rewind a full-attention cache, not {type(cache).__name__}")
+    return [[l.keys, l.values] for l in layers]
+
+
+def _splice(old: Any, new: Any, t_old: int, t_new: int, T: int) -> Any:
+    """One cache from two: rows of `old` then rows of `new`, both left-padded to T in time."""
+    if isinstance(old, tuple):
+        return tuple(tuple(torch.cat([_pad_left(a, T, 2), _pad_left(b, T, 2)]) for a, b in zip(la, lb))
+                     for la, lb in zip(old, new))
+    _layers(old), _layers(new)  # (checks the layer types)
+    for lo, ln in zip(old.layers, new.layers):
+        lo.keys = torch.cat([_pad_left(lo.keys, T, 2), _pad_left(ln.keys, T, 2)])
+        lo.values = torch.cat([_pad_left(lo.values, T, 2), _pad_left(ln.values, T, 2)])
+    return old
