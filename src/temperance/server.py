@@ -106,6 +106,7 @@ class Job:
     created: float = field(default_factory=time.time)
     inspect: int = 0                  # > 0: a /v1/inspect job (its top count), not a generation
     finished: int = 0                 # samples finished so far
+    checked: float = 0.0              # when the client's connection was last checked (monotonic)
 
     def put(self, item: Any) -> None:
         self.loop.call_soon_threadsafe(self.out.put_nowait, item)
@@ -443,14 +444,18 @@ def create_app(runtime: Any, config: ServerConfig = ServerConfig()):
                                                        "total_tokens": len(ids) + done}})
 
     async def next_item(job: Job, request: Request):
-        """The job's next item; polls for a client that went away (then raises ClientGone)."""
+        """The job's next item; checks every 0.25 s, whether or not items keep coming, for a client
+        that went away (then raises ClientGone)."""
         while True:
+            if time.monotonic() - job.checked >= 0.25:
+                job.checked = time.monotonic()
+                if await request.is_disconnected():
+                    job.cancelled = True
+                    raise ClientGone()
             try:
                 return await asyncio.wait_for(job.out.get(), 0.25)
             except asyncio.TimeoutError:
-                if await request.is_disconnected():
-                    job.cancelled = True
-                    raise ClientGone() from None
+                pass
 
     async def stream(job: Job, rid: str, created: int, chat: bool, n_prompt: int, first: Any):
         obj = "chat.completion.chunk" if chat else "text_completion"
