@@ -27,6 +27,7 @@ No rollback is needed by the loop except for phrase-ban rewinds, which use `roll
 from __future__ import annotations
 
 import json
+import warnings
 from typing import Any, Sequence
 
 import torch
@@ -44,7 +45,9 @@ def _llg():
     try:
         import llguidance
         import llguidance.hf  # noqa: F401
-        import llguidance.torch  # noqa: F401
+        with warnings.catch_warnings():  # its import runs torch.compile, whose own imports warn
+            warnings.filterwarnings("ignore", "`torch.jit.script_method` is deprecated", DeprecationWarning)
+            import llguidance.torch  # noqa: F401
     except ImportError:
         raise TemperanceError("constrained decoding needs llguidance: pip install llguidance") from None
     return llguidance
