@@ -274,3 +274,15 @@ def test_shaping_kernels_leave_an_all_masked_row_alone():
     assert torch.equal(smooth._smoothing_(row.clone(), 2.0, 3.0), row)
     dyn = importlib.import_module("temperance.ops.dynatemp")
     assert torch.equal(dyn._dynatemp_(row.clone(), 0.5, 0.4, 1.0), row)
+
+
+def test_a_penalty_that_overflows_float32_saturates_it_does_not_mask():
+    x = torch.tensor([[-3.87e37, 3e38, 1.0]])
+    for kw in (dict(repetition_penalty=7e16), dict(repetition_penalty=1e-30),
+               dict(frequency_penalty=1e30), dict(presence_penalty=-1e30)):
+        for dtype in (torch.float32, torch.bfloat16):
+            y = ops.penalties(x.to(dtype), history=[[0, 1]], **kw)
+            assert torch.isfinite(y).all() and y.dtype == dtype, (kw, dtype, y)
+        p = SamplingParams(seed=0, **kw)
+        out = Chain(p)(x, Batch(p, history=[[0, 1]]))
+        assert torch.isfinite(out).all(), (kw, out)

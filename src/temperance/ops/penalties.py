@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from ..stage import Knob, Stage
-from ._common import LIMIT, as_history, check_history, check_logits, col, fit, is_neutral, knob
+from ._common import LIMIT, as_history, check_history, check_logits, col, is_neutral, knob
 
 
 def window(history: Tensor, last_n) -> Tensor:
@@ -62,7 +62,8 @@ def _penalties_(x: Tensor, history: Tensor, repetition_penalty, frequency_penalt
     new = torch.where(o > 0, o / theta, o * theta)
     new = new - counts * col(frequency_penalty, x, w) - col(presence_penalty, x, w)
     off = col(penalty_last_n, x, torch.int64) == 0
-    new = torch.where(off | ~torch.isfinite(old), old, fit(new, x.dtype))  # stays finite
+    fmax = torch.finfo(x.dtype).max  # a float32 overflow (±inf) saturates: it is not a mask
+    new = torch.where(off | ~torch.isfinite(old), old, new.clamp(-fmax, fmax).to(x.dtype))
     rows = torch.arange(x.shape[0], device=x.device).view(-1, 1).expand_as(tok)
     # Duplicates of a token in a row write the same value, so the scatter order does not matter.
     x[rows[valid], tok[valid]] = new[valid]
