@@ -192,3 +192,15 @@ def test_gumbel_scores_are_logits_plus_gumbel_bit_for_bit():
     seed, step = torch.randint(0, 2**62, (16,), generator=g), torch.arange(16)
     logits = torch.randn(16, 300, generator=g) * 5
     assert torch.equal(noise.gumbel_scores(seed, step, ids, logits), noise.gumbel(seed, step, ids) + logits)
+
+
+def test_a_range_near_float32_min_does_not_crash_the_cut():
+    """The histogram scale once overflowed to inf for a row spanning ~FLT_MIN (0 * inf = NaN bin)."""
+    x = torch.zeros(1, 64)
+    x[0, 0] = -1.1754944e-38
+    for V in (64, 1100):
+        y = torch.zeros(1, V)
+        y[0, 0] = -1.1754944e-38
+        kept = torch.isfinite(ops.top_p(y, top_p=0.5))
+        assert 1 <= int(kept.sum()) <= V
+        assert torch.isfinite(ops.typical_p(y, typical_p=0.5)).any()

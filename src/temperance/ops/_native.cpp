@@ -130,9 +130,13 @@ int cut_row(const float* x, int64_t V, int mode, double target, Scratch& s, doub
         center = m;
         // bins of hi - x in float32: monotone in x (all that matters), -inf lands in the last
         range = std::min((double)hi - (double)lo, RCAP);
-        const float sc = range > 0 ? (float)((NB - 1) / range) : 1.0f;
-        for (int64_t i = 0; i < V; ++i)
-            bin[i] = (int32_t)std::min((hi - x[i]) * sc, (float)(NB - 1));
+        // a range near FLT_MIN would make the scale overflow to inf (0 * inf = NaN): cap it
+        const float sc = range > 0 ? (float)std::min((NB - 1) / range, (double)std::numeric_limits<float>::max())
+                                   : 1.0f;
+        for (int64_t i = 0; i < V; ++i) {
+            const float v = (hi - x[i]) * sc;
+            bin[i] = v < (float)(NB - 1) ? (int32_t)v : NB - 1;  // NaN or beyond: the last bin
+        }
     } else {
         for (int64_t i = 0; i < V; ++i) key[i] = w[i] * ((double)x[i] - m);
         // -inf entries: w = 0 and d = -inf give NaN; they carry no mass, so drop them from the sum
@@ -143,7 +147,8 @@ int cut_row(const float* x, int64_t V, int mode, double target, Scratch& s, doub
         const double sc = range > 0 ? (NB - 1) / range : 1.0;
         for (int64_t i = 0; i < V; ++i) {
             key[i] = std::fabs((double)x[i] - c);  // +inf for -inf entries: the last bin
-            bin[i] = (int32_t)std::min(key[i] * sc, (double)(NB - 1));
+            const double v = key[i] * sc;
+            bin[i] = v < (double)(NB - 1) ? (int32_t)v : NB - 1;  // NaN or beyond: the last bin
         }
     }
     double* hm = s.hm.data();  // four interleaved histograms: shorter store-to-load chains
