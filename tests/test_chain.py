@@ -232,6 +232,44 @@ def test_candidates_equal_call_on_random_inputs():
         assert torch.isfinite(dense).any(-1).all()
 
 
+@pytest.mark.parametrize("native", [True, False], ids=["native", "torch"])
+@pytest.mark.parametrize("kw", [dict(min_p=0.05), dict(top_p=0.99), dict(typical_p=0.999),
+                                dict(top_n_sigma=3.0)], ids=lambda kw: next(iter(kw)))
+def test_flat_rows_stay_dense_and_equal_call(kw, native):
+    """When most of a row survives (a high temperature before the cut), the survivors come back
+    as the masked dense row, ids = all of V (compacting nearly everything costs more than it
+    saves); values and kept sets equal __call__ either way."""
+    from temperance.eval.grid import TEMPERATURE_FIRST
+    from temperance.ops import _native
+
+    sharp_x = _logits(2, 4, 4096)
+    flat_x = sharp_x.clone()
+    flat_x[1] = torch.linspace(0, -2, 4096)  # a flat row: most tokens survive at T = 50
+    flat = SamplingParams(samplers=TEMPERATURE_FIRST, temperature=50.0, **kw)
+    sharp = SamplingParams(samplers=TEMPERATURE_FIRST, temperature=0.3, **kw)
+    with _native.use(native):
+        for params, x, dense_form in ((flat, flat_x, True), (sharp, sharp_x, False)):
+            b = Batch(params, size=4)
+            c = Chain(params).candidates(x, b)
+            assert (c.ids.shape[1] == 4096 and c.ids.stride(0) == 0) == dense_form, params
+            assert torch.equal(c.dense(), Chain(params)(x, b))
+
+
+def test_top_n_sigma_moments_by_blocks_match_the_masked_rule():
+    import importlib
+
+    tns = importlib.import_module("temperance.ops.top_n_sigma")
+
+    x = _logits(4, 40, 20000)                 # 40 rows: several blocks of 13
+    x[7, ::3] = -INF                          # a masked row in one block only
+    mean, var = tns._moments(x)
+    finite = torch.isfinite(x)
+    count = finite.sum(-1, keepdim=True).float()
+    m = torch.where(finite, x, 0.0).sum(-1, keepdim=True) / count
+    v = (torch.where(finite, x - m, 0.0) ** 2).sum(-1, keepdim=True) / count
+    assert torch.equal(mean, m) and torch.equal(var, v)
+
+
 def test_candidates_ties_at_the_boundaries():
     # top-k boundary tie: k = 2 among three equal maxima; top-p crossing inside a block of ties
     x = torch.tensor([[0.0, 2.0, 2.0, 2.0, 1.0, 2.0] + [-1.0] * 1100])

@@ -9,6 +9,7 @@ import torch
 
 from temperance import Batch, Chain, SamplingParams
 from temperance.eval import grid, score
+from temperance.ops import _native
 from temperance.ops.mirostat import mirostat, mirostat_update
 from temperance.ops.xtc import xtc
 
@@ -32,17 +33,24 @@ def test_hand_computed_min_p():
     assert s["accuracy"].item() == 0 and s["miss"].item() == 1 and s["brier"].item() < 0
 
 
-def test_matches_float64_reference_on_random_rows():
+@pytest.mark.parametrize("native", [True, False], ids=["native", "torch"])
+def test_matches_float64_reference_on_random_rows(native):
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(64, 300, generator=g) * 3
+    logits[::5, 7] = float("-inf")          # masked entries in the raw logits too
     y = torch.randint(0, 300, (64,), generator=g)
+    y[::5] = 7                               # ... some of them the true token
     for params in (P(), P(top_p=0.9, temperature=1.5), P(top_k=7, temperature=0.7),
-                   P(top_n_sigma=1.0, temperature=3.0), SamplingParams(min_p=0.1, temperature=2.0)):
+                   P(top_n_sigma=1.0, temperature=3.0), SamplingParams(min_p=0.1, temperature=2.0),
+                   P(min_p=0.05, temperature=30.0), P(temperature=1e4)):
         dense = Chain(params)(logits, Batch(params, size=64))
         q = torch.softmax(dense.double(), -1)
-        s = score.score_block(logits, y, params)
-        assert torch.allclose(s["accuracy"], q.gather(1, y.view(-1, 1)).view(-1), atol=1e-6)
-        assert torch.allclose(s["collision"], (q * q).sum(-1), atol=1e-6)
+        with _native.use(native):
+            s = score.score_block(logits, y, params)
+        assert torch.allclose(s["accuracy"], q.gather(1, y.view(-1, 1)).view(-1), rtol=1e-9, atol=1e-12)
+        assert torch.allclose(s["collision"], (q * q).sum(-1), rtol=1e-9, atol=1e-12)
+        ent = -torch.where(q > 0, q * q.log(), 0.0).sum(-1) / math.log(2)
+        assert torch.allclose(s["entropy"], ent, rtol=1e-9, atol=1e-9)
         assert torch.equal(s["kept_size"], torch.isfinite(dense).sum(-1).double())
         assert torch.equal(s["_mask"], torch.isfinite(dense))
         assert torch.equal(s["miss"].bool(), ~torch.isfinite(dense.gather(1, y.view(-1, 1))).view(-1))

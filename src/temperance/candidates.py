@@ -37,6 +37,8 @@ class Candidates:
     def from_dense(x: Tensor) -> Candidates:
         """Compact the finite entries of ``x`` ``[B, V]`` (all of V if most are finite)."""
         B, V = x.shape
+        if bool((x.amin(-1) > float("-inf")).all()):  # one cheap pass: nothing removed at all
+            return Candidates(x, torch.arange(V, device=x.device).expand(B, V), V)
         keep = torch.isfinite(x)
         if int(keep.sum(-1).max()) * 2 > V:
             return Candidates(x, torch.arange(V, device=x.device).expand(B, V), V)
@@ -46,9 +48,12 @@ class Candidates:
     def where(x: Tensor, keep: Tensor, ids: Tensor | None = None, vocab_size: int | None = None
               ) -> Candidates:
         """The entries of ``x`` ``[B, W]`` where ``keep``, in position order (``ids``: the token id
-        of every position, default the position itself)."""
+        of every position, default the position itself). Without ``ids``, when most of some row is
+        kept, the result is ``x`` masked densely (ids = all of V, as `from_dense`)."""
         B, W = x.shape
         V = vocab_size or W
+        if ids is None and W == V and 2 * int(keep.sum(-1).max()) > W:
+            return Candidates(torch.where(keep, x, float("-inf")), torch.arange(V, device=x.device).expand(B, V), V)
         vals, pos = compact(x, keep)
         out = pos if ids is None else ids.gather(1, pos.clamp(max=W - 1))
         return Candidates(vals, torch.where(pos < W, out, V), V)
@@ -57,7 +62,8 @@ class Candidates:
     def at_least(x: Tensor, t: Tensor, cmax: Tensor | None = None) -> Candidates:
         """Every entry of ``x`` ``[B, V]`` with value ``>= t`` (``[B, 1]``), without a pass over
         all of V beyond one chunked max (``cmax``, from `chunk_max`, if the caller has it): only
-        chunks of 128 whose maximum reaches t are gathered."""
+        chunks of 128 whose maximum reaches t are gathered. When most of some row survives (a flat
+        row), the result is ``x`` masked densely instead (see `where`)."""
         B, V = x.shape
         if V // CHUNK < 8 or not x.is_contiguous():
             return Candidates.where(x, x >= t)
@@ -69,7 +75,10 @@ class Candidates:
         inside = idx < V
         idx = torch.where(inside, idx, V)
         g = x.gather(1, idx.clamp(max=V - 1))
-        return Candidates.where(g, inside & (g >= t), idx, V)
+        keep = inside & (g >= t)
+        if 2 * int(keep.sum(-1).max()) > V:  # most of a row survives: stay dense (see `where`)
+            return Candidates.where(x, x >= t)
+        return Candidates.where(g, keep, idx, V)
 
     def into(self, out: Tensor) -> Tensor:
         """Write the candidates densely into ``out`` ``[B, V]`` (``-inf`` everywhere else)."""

@@ -30,7 +30,10 @@ Kept-set fingerprints: for every window, a sha256 of the kept token ids at each 
 configurations with equal fingerprints kept exactly the same sets (top-nσ's temperature
 invariance is checked this way).
 
-Cost: one forward pass (shared), then per configuration one chain call on ``[rows, V]`` blocks.
+Cost: one forward pass (shared), then per configuration one chain call per block of 32 rows and
+one float64 pass per row for the statistics (a native kernel; the torch code is the reference).
+About 0.4 ms per configuration and position on one CPU core at V = 49152 (mirostat, stepped
+position by position, and XTC's two-part mixture cost 3-5 times that); `benchmarks/score.py`.
 
 >>> import torch
 >>> from temperance import SamplingParams
@@ -52,8 +55,10 @@ import torch
 from torch import Tensor
 
 from ..batch import Batch
+from ..candidates import Candidates
 from ..chain import Chain
 from ..errors import TemperanceError
+from ..ops import _native
 from ..ops.mirostat import mirostat_update
 from ..params import SamplingParams
 from ..states import MirostatState
@@ -61,7 +66,7 @@ from ..states import MirostatState
 __all__ = ["make_windows", "forward_logits", "score_block", "score_config", "SUMS", "BLOCK"]
 
 SUMS = ("accuracy", "collision", "brier", "miss", "kept_size", "entropy")
-BLOCK = 256           # rows per chain call
+BLOCK = 32            # rows per chain call (small enough that the temporaries stay in cache)
 _HISTORY = ("penalties", "dry", "no_repeat_ngram")
 LN2 = math.log(2)
 
@@ -111,49 +116,73 @@ def _histories(windows: Sequence[Sequence[int]]) -> Tensor:
     return torch.cat(rows)
 
 
-def _dist(logits: Tensor, params: SamplingParams, batch: Batch) -> tuple[Tensor, Tensor, Tensor]:
-    """``(q, ids, kept)``: the configuration's distribution over its candidates ``[B, K]``.
-
-    ``kept`` says which candidates survived (finite logits): a kept token whose probability
-    underflows to 0 in floating point is still kept, and is not a miss."""
+def _dist(logits: Tensor, params: SamplingParams, batch: Batch) -> Candidates:
+    """The configuration's processed logits over its candidates (``-inf``: removed); greedy
+    (``temperature = 0``) is the point mass on the first maximum (lowest id)."""
     c = Chain(params).candidates(logits, batch)
-    if params.temperature == 0:  # greedy: the point mass on the first maximum (lowest id)
+    if params.temperature == 0:
         pos = c.logits.argmax(-1, keepdim=True)
-        one = torch.ones(pos.shape, dtype=torch.float32)
-        return one, c.ids.gather(1, pos), one.bool()
-    return torch.softmax(c.logits, -1), c.ids, torch.isfinite(c.logits)
+        return Candidates(torch.zeros(pos.shape), c.ids.gather(1, pos), c.vocab_size)
+    return c
 
 
-def _xtc_dist(logits: Tensor, params: SamplingParams, batch_of: Callable) -> tuple[Tensor, Tensor, Tensor]:
-    """XTC's exact mixture, dense over the vocabulary."""
+def _xtc_dist(logits: Tensor, params: SamplingParams, batch_of: Callable) -> tuple[Tensor, Tensor]:
+    """XTC's exact mixture, dense over the vocabulary: ``(q, kept)`` ``[B, V]``."""
     p = params.xtc_probability
-    B, V = logits.shape
-    out = torch.zeros(B, V + 1, dtype=torch.float64)
-    kept = torch.zeros(B, V + 1, dtype=torch.bool)
+    q, kept = 0.0, torch.zeros(logits.shape, dtype=torch.bool)
     for prob, w in ((0.0, 1 - p), (1.0, p)):
         sub = dataclasses.replace(params, xtc_probability=prob)
-        q, ids, k = _dist(logits, sub, batch_of(sub))
-        if w == 0:
-            continue
-        cols = torch.where(k, ids, V)          # removed and padding entries land in column V
-        out.scatter_add_(1, cols, w * q.double() * k)
-        kept.scatter_(1, cols, True)
-    return out[:, :V].float(), torch.arange(V).expand(B, V), kept[:, :V]
+        d = _dist(logits, sub, batch_of(sub)).dense()
+        q = q + w * torch.softmax(d.double(), -1)
+        kept |= d > -math.inf
+    return q, kept
 
 
-def _stats(q: Tensor, ids: Tensor, kept: Tensor, y: Tensor) -> dict[str, Tensor]:
-    q = torch.where(kept, q, 0.0)
-    if ids.stride(0) == 0:  # the whole vocabulary (ids = arange): y is its own position
-        pos = y.view(-1, 1)
-        hit = kept.gather(1, pos)
+def _true_column(ids: Tensor, y: Tensor, dense: bool) -> Tensor:
+    """The column of each row's true token among its candidates, ``[B]`` (-1: not a candidate)."""
+    if dense:
+        return y
+    pos = torch.searchsorted(ids, y.view(-1, 1)).clamp(max=ids.shape[1] - 1)
+    return torch.where(ids.gather(1, pos) == y.view(-1, 1), pos, -1).view(-1)
+
+
+def _q_stats(q: Tensor, kept: Tensor, pos: Tensor) -> dict[str, Tensor]:
+    """The statistics of rows of probabilities ``q`` (0 where removed), ``kept`` their support,
+    ``pos`` the true token's column (-1: absent); float64 ``[B]`` each."""
+    q = q.double()
+    hit = (pos >= 0) & kept.gather(1, pos.clamp(min=0).view(-1, 1)).view(-1)
+    qy = torch.where(hit, q.gather(1, pos.clamp(min=0).view(-1, 1)).view(-1), 0.0)
+    coll = torch.linalg.vecdot(q, q)
+    ent = torch.special.entr(q).sum(-1) / LN2
+    return {"accuracy": qy, "collision": coll, "brier": 2 * qy - coll, "miss": (~hit).double(),
+            "kept_size": torch.count_nonzero(kept, dim=-1).double(), "entropy": ent}
+
+
+def _logit_stats(c: Candidates, y: Tensor) -> dict[str, Tensor]:
+    """The statistics of ``softmax(c.logits)``, and ``_mask``, the kept set dense ``[B, V]``.
+
+    The native kernel computes them in one float64 pass per row (and the mask of a dense row on
+    the way); the torch code is the reference and runs wherever it does not."""
+    V = c.vocab_size
+    dense = c.ids.shape[1] == V and c.ids.stride(0) == 0
+    pos = _true_column(c.ids, y, dense)
+    r = _native.softmax_stats(c.logits, pos, mask=dense) if _native.usable(c.logits) else None
+    if r is not None:
+        o, mask = r
+        hit = (pos >= 0) & (c.logits.gather(1, pos.clamp(min=0).view(-1, 1)).view(-1) > -math.inf)
+        qy = torch.where(hit, o[:, 0], 0.0)
+        out = {"accuracy": qy, "collision": o[:, 1], "brier": 2 * qy - o[:, 1], "miss": (~hit).double(),
+               "kept_size": o[:, 3], "entropy": o[:, 2] / LN2}
+        kept = mask if dense else c.logits > -math.inf
     else:
-        pos = torch.searchsorted(ids, y.view(-1, 1)).clamp(max=ids.shape[1] - 1)
-        hit = (ids.gather(1, pos) == y.view(-1, 1)) & kept.gather(1, pos)
-    qy = torch.where(hit, q.gather(1, pos), 0.0).view(-1).double()
-    coll = (q * q).sum(-1).double()
-    ent = (-torch.where(q > 0, q * torch.log(q.clamp(min=1e-38)), 0.0).sum(-1) / LN2).double()
-    return {"accuracy": qy, "collision": coll, "brier": 2 * qy - coll, "miss": (~hit.view(-1)).double(),
-            "kept_size": kept.sum(-1).double(), "entropy": ent}
+        kept = c.logits > -math.inf
+        out = _q_stats(torch.softmax(c.logits.double(), -1), kept, pos)
+    if dense:
+        out["_mask"] = kept
+    else:
+        mask = torch.zeros(c.logits.shape[0], V + 1, dtype=torch.bool)
+        out["_mask"] = mask.scatter_(1, torch.where(kept, c.ids, V), True)[:, :V]
+    return out
 
 
 def score_block(logits: Tensor, y: Tensor, params: SamplingParams, history: Tensor | None = None,
@@ -170,19 +199,11 @@ def score_block(logits: Tensor, y: Tensor, params: SamplingParams, history: Tens
                      dry_breakers=[breakers] * B if needs and breakers is not None else None)
 
     if params.active("xtc") and 0 < params.xtc_probability < 1:
-        q, ids, kept = _xtc_dist(logits, params, batch_of)
-    else:
-        if params.active("xtc"):  # probability 1: always on (the coin always acts)
-            params = dataclasses.replace(params, xtc_probability=1.0)
-        q, ids, kept = _dist(logits, params, batch_of(params))
-    out = _stats(q, ids, kept, y)
-    if ids.shape[1] == V and ids.stride(0) == 0:
-        out["_mask"] = kept
-    else:
-        mask = torch.zeros(B, V + 1, dtype=torch.bool)
-        mask.scatter_(1, torch.where(kept, ids, V), True)
-        out["_mask"] = mask[:, :V]
-    return out
+        q, kept = _xtc_dist(logits, params, batch_of)
+        return {**_q_stats(q, kept, y), "_mask": kept}
+    if params.active("xtc"):  # probability 1: always on (the coin always acts)
+        params = dataclasses.replace(params, xtc_probability=1.0)
+    return _logit_stats(_dist(logits, params, batch_of(params)), y)
 
 
 def _packed(mask: Tensor) -> np.ndarray:
@@ -239,22 +260,25 @@ def _score_mirostat(params: SamplingParams, logits: Tensor, windows: Sequence[Se
     mu = torch.full((W,), 2 * params.mirostat_tau, dtype=torch.float32)
     acc = {k: torch.zeros(W, dtype=torch.float64) for k in SUMS}
     hashes = [hashlib.sha256() for _ in range(W)]
+    needs = any(params.active(n) for n in _HISTORY)
     for t in range(L):
         live = [i for i in range(W) if t < lens[i]]
         rows = torch.as_tensor([int(starts[i]) + t for i in live])
-        hist = [list(windows[i][: t + 1]) for i in live]
+        hist = [list(windows[i][: t + 1]) for i in live] if needs else None
         batch = Batch([params] * len(live), history=hist, seed=torch.zeros(len(live), dtype=torch.int64),
-                      dry_breakers=[breakers or []] * len(live))
+                      dry_breakers=[breakers or []] * len(live) if needs else None)
         stages = chain.stages(logits[rows], batch, state=MirostatState(batch, mu[live]))
         before = stages[-2][1] if len(stages) > 1 else logits[rows]
-        q = torch.softmax(stages[-1][1], -1)
+        x = stages[-1][1]
         y = torch.as_tensor([windows[i][t + 1] for i in live])
-        V = q.shape[1]
-        kept = torch.isfinite(stages[-1][1])
-        st = _stats(q.float(), torch.arange(V).expand(len(live), V), kept, y)
+        st = _logit_stats(Candidates(x, torch.arange(x.shape[1]).expand(x.shape), x.shape[1]), y)
+        kept = st["_mask"]
         qy = st["accuracy"]
-        p_in = torch.log_softmax(before.double(), -1).gather(1, y.view(-1, 1)).view(-1)
-        lp = torch.where(qy > 0, torch.log(qy.clamp(min=1e-300)), p_in)
+        lp = torch.log(qy.clamp(min=1e-300))
+        cut = qy == 0  # y truncated: its surprise under the distribution entering mirostat
+        if bool(cut.any()):
+            b = before[cut].double()
+            lp[cut] = (b.gather(1, y[cut].view(-1, 1)) - b.logsumexp(-1, keepdim=True)).view(-1)
         mu[live] = mirostat_update(mu[live], lp, mirostat_tau=params.mirostat_tau,
                                    mirostat_eta=params.mirostat_eta)
         bits = _packed(kept)

@@ -542,6 +542,44 @@ int64_t temperance_count_ge(const float* x, int64_t B, int64_t V, const double* 
     return nmax;
 }
 
+// Exact statistics of q = softmax(x) per row, for `temperance eval score`. x [B, K] float32 logits
+// (-inf = removed, at least one finite per row); pos[r] the column of the true token, -1 if it is
+// not a candidate. With d_i = x_i - max and w_i = exp(d_i) in float64, z = sum w:
+//   out[r] = (q(y) = w_y / z, sum q^2 = sum w^2 / z^2, -sum q ln q = ln z - sum w d / z, #kept)
+// where kept = x > -inf (a kept token whose w underflows to 0 is still kept). mask (if not null)
+// gets the kept flags [B, K] as bytes. Returns 1 if a row holds NaN or +inf, or nothing finite.
+int temperance_softmax_stats(const float* x, int64_t B, int64_t K, const int64_t* pos, double* out,
+                             uint8_t* mask) {
+    thread_local std::vector<double> w, wd;
+    if ((int64_t)w.size() < K) { w.resize(K); wd.resize(K); }
+    for (int64_t r = 0; r < B; ++r) {
+        const float* xr = x + r * K;
+        float hi;
+        if (max_row(xr, K, &hi) || hi == FINF || hi == -FINF) return 1;
+        const double m = hi;
+        int64_t kept = 0;
+        for (int64_t i = 0; i < K; ++i) {
+            const double d = (double)xr[i] - m;
+            const double e = exp_le0(d);
+            w[i] = e;
+            wd[i] = e > 0.0 ? e * d : 0.0;
+            kept += xr[i] > -FINF;
+        }
+        const double z = sum8(w.data(), K), sd = sum8(wd.data(), K);
+        for (int64_t i = 0; i < K; ++i) w[i] *= w[i];
+        const double s2 = sum8(w.data(), K);
+        const double wy = pos[r] >= 0 ? exp_le0((double)xr[pos[r]] - m) : 0.0;
+        double* o = out + 4 * r;
+        o[0] = wy / z;
+        o[1] = s2 / (z * z);
+        o[2] = std::log(z) - sd / z;
+        o[3] = (double)kept;
+        if (mask != nullptr)
+            for (int64_t i = 0; i < K; ++i) mask[r * K + i] = xr[i] > -FINF;
+    }
+    return 0;
+}
+
 // Counter-based uniforms (temperance.noise.uniform, bit for bit): SplitMix64's finaliser of
 // (seed, step, token id), 53 bits, in (0, 1). index [B, K]; out [B, K] float64.
 void temperance_uniform(const int64_t* seed, const int64_t* step, const int64_t* index, int64_t B,

@@ -53,6 +53,7 @@ SIGNATURES = {
     "temperance_topk": (ctypes.c_int, [_P, _I, _I, _I, _P, _P]),
     "temperance_topk_dense": (ctypes.c_int, [_P, _I, _I, _P, _P]),
     "temperance_topk_override": (ctypes.c_int, [_P, _I, _I, _P, _I, _I, _P, _P, _P, _P, _P]),
+    "temperance_softmax_stats": (ctypes.c_int, [_P, _I, _I, _P, _P, _P]),
     "temperance_uniform": (None, [_P, _P, _P, _I, _I, _I, _P]),
 }
 
@@ -166,15 +167,41 @@ def compact(x: Tensor, mode: int, kstar: Tensor, center: Tensor, q: Tensor, K: i
     return vals, ids
 
 
+def survivors(x: Tensor, mode: int, kstar: Tensor, center: Tensor, q: Tensor, K: int
+              ) -> tuple[Tensor, Tensor]:
+    """What a cut keeps, as (vals, ids): compacted to ``[B, K]``, or, when most of some row
+    survives (2K > V, a high temperature under min-p or top-p), masked densely with
+    ``ids = arange(V)`` expanded (the form `Candidates.from_dense` uses): compacting would then
+    cost more than every later stage saves."""
+    B, V = x.shape
+    if 2 * K > V:
+        return dense(x, mode, kstar, center, q), torch.arange(V).expand(B, V)
+    return compact(x, mode, kstar, center, q, K)
+
+
 def at_least(x: Tensor, t: Tensor):
-    """Every entry of ``x`` >= ``t`` (``[B, 1]``, float32 values) as (vals, ids) ``[B, K]``
-    (padding -inf / V), in one counting and one copying pass per row."""
+    """Every entry of ``x`` >= ``t`` (``[B, 1]``, float32 values) as (vals, ids) (see
+    `survivors`), in one counting and one copying pass per row."""
     B, V = x.shape
     t = t.to(torch.float64).contiguous()
     n = torch.empty(B, dtype=torch.int64)
     K = lib().temperance_count_ge(_ptr(x), B, V, _ptr(t), _ptr(n))
     q = torch.full((B,), ALL, dtype=torch.int64)
-    return compact(x, 0, t, t, q, int(K))
+    return survivors(x, 0, t, t, q, int(K))
+
+
+def softmax_stats(x: Tensor, pos: Tensor, mask: bool = False) -> tuple[Tensor, Tensor | None] | None:
+    """Exact float64 statistics of ``softmax(x)`` per row (see ``_native.cpp``): ``[B, 4]`` =
+    (q at ``pos``, sum q², entropy in nats, kept count), ``pos`` ``[B]`` the true token's column
+    (-1: absent); with ``mask`` also the kept flags ``[B, K]``. None if a row holds NaN/+inf or
+    nothing finite (the caller runs the torch reference instead)."""
+    B, K = x.shape
+    pos = pos.to(torch.int64).contiguous()
+    out = torch.empty(B, 4, dtype=torch.float64)
+    flags = torch.empty(B, K, dtype=torch.bool) if mask else None
+    bad = lib().temperance_softmax_stats(_ptr(x), B, K, _ptr(pos), _ptr(out),
+                                         _ptr(flags) if mask else None)
+    return None if bad else (out, flags)
 
 
 def uniform(seed: Tensor, step: Tensor, index: Tensor, salt: int) -> Tensor:

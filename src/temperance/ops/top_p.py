@@ -107,8 +107,7 @@ def nucleus_candidates(x: Tensor, top_p):
     r = _native_cut(x, top_p)
     if r is not None:
         kstar, center, q, n, K = r
-        vals, ids = _native.compact(x, 0, kstar, center, q, K)
-        return Candidates(vals, ids, x.shape[1])
+        return Candidates(*_native.survivors(x, 0, kstar, center, q, K), x.shape[1])
     kstar, q, c = _cut_torch(x, goal(col(top_p, x, torch.float32)))
     if c is None:
         return Candidates.where(x, kept(-x, kstar, q))

@@ -59,7 +59,7 @@ def candidates(x: Tensor, typical_p):
     r = _native.cut(x, 1, typical_p) if _native.usable(x) else None
     if r is not None:
         kstar, center, q, _, K = r
-        return Candidates(*_native.compact(x, 1, kstar, center, q, K), x.shape[1])
+        return Candidates(*_native.survivors(x, 1, kstar, center, q, K), x.shape[1])
     return Candidates.where(x, _keep(x, goal(col(typical_p, x, torch.float32))))
 
 
