@@ -59,7 +59,7 @@ from .ops._common import check_history, check_not_empty
 from .ops._topk import chunked_topk
 from .ops.logit_bias import _logit_bias_
 from .ops.mirostat import _mirostat_
-from .ops.penalties import window
+from .ops.penalties import penalized, window
 from .ops.temperature import is_greedy
 from .ops.top_k import _top_k_
 from .params import STAGE, SamplingParams, parse_samplers
@@ -290,16 +290,11 @@ class Chain:
 
 def _penalize_distinct(x: Tensor, counts: Tensor, batch: Batch) -> Tensor:
     """`ops.penalties` on distinct tokens: ``x`` ``[B, T]`` their logits, ``counts`` how often each
-    occurs in the penalty window (0: not in it). The same rule as ``_penalties_`` (repetition once
-    per distinct token, then ``- count·frequency - presence``; non-finite logits untouched; the
-    result kept finite), in a handful of ops on T entries instead of a scatter into [B, V]."""
+    occurs in the penalty window (0: not in it, left alone), in place."""
     k = batch.knob
-    theta = k("repetition_penalty").view(-1, 1)
-    new = torch.where(x > 0, x / theta, x * theta)
-    new = new - counts * k("frequency_penalty").view(-1, 1) - k("presence_penalty").view(-1, 1)
-    fmax = torch.finfo(x.dtype).max
-    skip = (counts == 0) | (k("penalty_last_n").view(-1, 1) == 0) | ~torch.isfinite(x)
-    return x.copy_(torch.where(skip, x, new.clamp(-fmax, fmax)))
+    new = penalized(x, counts, k("repetition_penalty"), k("frequency_penalty"), k("presence_penalty"),
+                    k("penalty_last_n"))
+    return x.copy_(torch.where(counts == 0, x, new))
 
 
 def _parse_order(items: list) -> tuple[Stage, ...]:

@@ -47,23 +47,31 @@ def token_counts(h: Tensor) -> Tensor:
     return (torch.searchsorted(s, h, right=True) - torch.searchsorted(s, h, right=False))
 
 
+def penalized(old: Tensor, counts: Tensor, repetition_penalty, frequency_penalty, presence_penalty,
+              penalty_last_n) -> Tensor:
+    """The rule itself, on gathered logits ``old`` ``[B, T]`` of tokens seen ``counts`` times
+    (>= 1) in the window: their new values, in old's dtype. Rows with ``penalty_last_n = 0`` and
+    non-finite logits are left as they are. (The chain's sparse top-k path and the native kernel
+    apply this same rule; tests pin them to it.)"""
+    w = torch.float64 if old.dtype == torch.float64 else torch.float32  # (float32 as the fast path)
+    o = old.to(w)
+    theta = col(repetition_penalty, o, w)
+    new = torch.where(o > 0, o / theta, o * theta)
+    new = new - counts.to(w) * col(frequency_penalty, o, w) - col(presence_penalty, o, w)
+    off = col(penalty_last_n, o, torch.int64) == 0
+    fmax = torch.finfo(old.dtype).max  # a float32 overflow (±inf) saturates: it is not a mask
+    return torch.where(off | ~torch.isfinite(old), old, new.clamp(-fmax, fmax).to(old.dtype))
+
+
 def _penalties_(x: Tensor, history: Tensor, repetition_penalty, frequency_penalty,
                 presence_penalty, penalty_last_n) -> Tensor:
     h = window(history, penalty_last_n)
     valid = h >= 0
     if not bool(valid.any()):
         return x
-    w = torch.float64 if x.dtype == torch.float64 else torch.float32  # (float32 as the fast path)
-    counts = token_counts(h).to(w)
     tok = h.clamp(min=0)
-    old = x.gather(1, tok)
-    theta = col(repetition_penalty, x, w)
-    o = old.to(w)
-    new = torch.where(o > 0, o / theta, o * theta)
-    new = new - counts * col(frequency_penalty, x, w) - col(presence_penalty, x, w)
-    off = col(penalty_last_n, x, torch.int64) == 0
-    fmax = torch.finfo(x.dtype).max  # a float32 overflow (±inf) saturates: it is not a mask
-    new = torch.where(off | ~torch.isfinite(old), old, new.clamp(-fmax, fmax).to(x.dtype))
+    new = penalized(x.gather(1, tok), token_counts(h), repetition_penalty, frequency_penalty,
+                    presence_penalty, penalty_last_n)
     rows = torch.arange(x.shape[0], device=x.device).view(-1, 1).expand_as(tok)
     # Duplicates of a token in a row write the same value, so the scatter order does not matter.
     x[rows[valid], tok[valid]] = new[valid]
