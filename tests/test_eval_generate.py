@@ -1,6 +1,10 @@
 """Generation cells: common random numbers, the records, content-hash ids, resume, worker processes."""
 
 import json
+import os
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -93,6 +97,53 @@ def test_worker_processes_give_the_same_cells(tmp_path):
     assert json.loads(a.path(jobs[0]["cell"]["id"]).read_text())["spec"]["model"] == d
 
 
+_ORPHAN = """
+import os, sys, time, multiprocessing as mp
+from temperance.eval.cells import _init_worker
+
+def child(parent, ready):
+    _init_worker(1, parent)
+    open(ready, "w").close()
+    time.sleep(120)
+
+if __name__ == "__main__":
+    p = mp.get_context("spawn").Process(target=child, args=(os.getpid(), sys.argv[1]))
+    p.start()
+    print(p.pid, flush=True)
+    time.sleep(120)
+"""
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has exited
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="needs Linux /proc")
+def test_a_local_worker_exits_when_its_parent_is_killed(tmp_path):
+    """A killed `temperance eval` (SIGKILL / SIGTERM: no chance to stop its pool) leaves no worker
+    computing cells that nobody collects."""
+    script = tmp_path / "orphan.py"
+    script.write_text(_ORPHAN)
+    ready = tmp_path / "ready"
+    proc = subprocess.Popen([sys.executable, str(script), str(ready)], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    pid = int(proc.stdout.readline())
+    deadline = time.time() + 60
+    while not ready.exists() and time.time() < deadline:
+        time.sleep(0.1)
+    assert ready.exists() and _running(pid)  # the worker is set up and waiting
+    proc.kill()
+    proc.wait()
+    deadline = time.time() + 30
+    while _running(pid) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not _running(pid)
+
+
 def test_cell_ids_are_content_hashes():
     assert cells.cell_id({"a": 1, "b": [1, 2]}) == cells.cell_id({"b": [1, 2], "a": 1})
     assert cells.cell_id({"a": 1}) != cells.cell_id({"a": 2})
@@ -117,3 +168,25 @@ def test_judge_nll_is_the_teacher_forced_nll_under_a_second_model():
     lp = torch.log_softmax(rt.model(input_ids=torch.tensor([ctx + cont])).logits[0].double(), -1)
     want = -sum(lp[len(ctx) - 1 + i, t].item() for i, t in enumerate(cont)) / len(cont)
     assert judge_nll(rt, "hi", "ab", True) == pytest.approx(want)
+
+
+def test_a_base_model_judge_reads_the_plain_prompt_in_a_chat_run():
+    """A judge without a chat template (Gemma-3-270m base, say) scores the text after the plain
+    prompt, also in a --chat run, instead of failing the cell."""
+    import torch
+
+    from temperance.eval.generate import judge_nll
+
+    from conftest_runtime_helpers import hf_tokenizer, tiny_llama
+    from temperance.runtime.hf import HFRuntime
+
+    tok = hf_tokenizer()
+    tok.chat_template = None                      # (a fresh tokenizer: tiny_runtime() is shared)
+    rt = HFRuntime(tiny_llama(vocab_size=len(tok), max_position_embeddings=512), tok)
+    assert not rt.tokenizer.has_chat_template
+    ctx = rt.tokenizer.encode("hi")
+    cont = rt.tokenizer.encode("ab", add_special_tokens=False)
+    lp = torch.log_softmax(rt.model(input_ids=torch.tensor([ctx + cont])).logits[0].double(), -1)
+    want = -sum(lp[len(ctx) - 1 + i, t].item() for i, t in enumerate(cont)) / len(cont)
+    assert judge_nll(rt, "hi", "ab", True) == pytest.approx(want)
+    assert judge_nll(rt, "hi", "ab", False) == pytest.approx(want)

@@ -74,6 +74,8 @@ def test_rerun_skips_finished_cells(run, capsys):
     (["eval", "generate", "--samples", "0"], "--samples must be"),
     (["eval", "generate", "--tasks", "nope"], "unknown task"),
     (["eval", "report", "/nonexistent/run"], "has no cells"),
+    (["eval", "generate", "--judge", "no-such-model"], "unknown model 'no-such-model'"),
+    (["eval", "generate", "--judge", "/nonexistent/judge"], "no model directory or .gguf file"),
 ])
 def test_bad_input_is_one_line(run, argv, needle, capsys):
     _, model = run
@@ -116,3 +118,12 @@ def test_report_renders_in_chromium(run):
         browser.close()
     assert not errors, errors
     assert shutil.disk_usage(out).free > 0
+
+
+def test_judge_in_a_score_grid_is_an_error(run, tmp_path, capsys):
+    _, model = run
+    grid = tmp_path / "g.yaml"
+    grid.write_text("judge: gemma3-270m\nconfigs: [{}]\n")
+    assert main(["eval", "score", "--grid", str(grid), "--model", model, "--workers", "0",
+                 "--out", str(tmp_path / "out")]) == 2
+    assert "judge has no meaning for eval score" in capsys.readouterr().err

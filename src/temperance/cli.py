@@ -241,7 +241,7 @@ def _finish_notices(out: list, args: argparse.Namespace, runtime) -> None:
     text was cut at `--max-tokens` or at the model's context (finish reason "length")."""
     eos = getattr(runtime, "eos_token_ids", None) or frozenset()
     tok = getattr(runtime, "tokenizer", None)
-    has_template = bool(getattr(getattr(tok, "tok", tok), "chat_template", None))
+    has_template = getattr(tok, "has_chat_template", False)
     many = sum(len(row) for row in out) > 1
     for r, row in enumerate(out):
         for s, c in enumerate(row):

@@ -140,11 +140,22 @@ def execute(job: dict) -> list[tuple[str, dict]]:
     raise TemperanceError(f"unknown job kind {job['kind']!r}")
 
 
-def _init_worker(threads: int) -> None:
+def _init_worker(threads: int, parent: int | None = None) -> None:
+    """Set a worker up; with ``parent`` (a local pool), the worker exits when that process is gone
+    (killed without the chance to stop its pool), instead of computing cells nobody collects."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 
     torch.set_num_threads(threads)
+    if parent is not None:
+        import threading
+
+        def watch() -> None:
+            while os.getppid() == parent:
+                time.sleep(1.0)
+            os._exit(1)
+
+        threading.Thread(target=watch, name="temperance-parent-watch", daemon=True).start()
 
 
 class _RayWorker:
@@ -196,7 +207,7 @@ def _process_results(jobs: Sequence[dict], workers: int, threads: int) -> Iterab
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=mp.get_context("spawn"),
-                             initializer=_init_worker, initargs=(threads,)) as ex:
+                             initializer=_init_worker, initargs=(threads, os.getpid())) as ex:
         futures = [ex.submit(execute, j) for j in jobs]
         for f in as_completed(futures):
             yield f.result()

@@ -126,7 +126,7 @@ def _options(args: argparse.Namespace, kind: str) -> dict:
         g = grid_mod.load_grid(args.grid)
         opts.update({k: v for k, v in g.items() if v is not None})
     for k in ("configs", "temperatures", "out", "workers", "text", "positions", "window", "tasks",
-              "samples", "max_tokens", "seeds", "limit", "batches"):
+              "samples", "max_tokens", "seeds", "limit", "batches", "judge"):
         v = getattr(args, k, None)
         if v is not None:
             opts[k] = v
@@ -210,6 +210,9 @@ def cmd_score(args: argparse.Namespace) -> int:
     if args.chat:
         raise TemperanceError("--chat has no meaning for eval score (teacher-forced plain text)")
     opts = _options(args, "score")
+    if opts.get("judge"):
+        raise TemperanceError("judge has no meaning for eval score (it scores generated samples); "
+                              "use it with eval generate")
     configs = _configs(args, opts)
     rt = _runtime(args)
     windows = make_windows(rt.tokenizer, heldout_text(opts["text"]), opts["window"], opts["positions"])
@@ -229,11 +232,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     opts = _options(args, "generate")
     configs = _configs(args, opts)
+    if opts.get("judge"):
+        from .. import models
+        models.check_loadable(opts["judge"])  # before hours of generation, not after
     tasks = [t.head(opts.get("limit")) for t in load_tasks(opts["tasks"])]
     jobs, total = plan_generate(args.model, tasks, configs, samples=opts["samples"],
                                 max_tokens=opts["max_tokens"], chat=bool(opts.get("chat")),
                                 seeds=opts["seeds"], base_seed=args.seed or 0, store=Store(opts["out"]),
-                                embeddings=not args.no_embeddings, judge=args.judge)
+                                embeddings=not args.no_embeddings, judge=opts.get("judge"))
     if (opts.get("workers") or 0) == 0 and jobs:
         _runtime(args)
     _run(jobs, total, opts, args, "generate")

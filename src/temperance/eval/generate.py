@@ -83,15 +83,16 @@ def run_generate_cell(runtime: Any, task: Task, params: SamplingParams, *, sampl
 
 @torch.no_grad()
 def judge_nll(judge: Any, prompt: str, text: str, chat: bool) -> float:
-    """Mean per-token NLL (nats) of `text` after `prompt` under the `judge` runtime's model
-    (its own tokenizer; the chat template when `chat`). NaN for an empty text."""
+    """Mean per-token NLL (nats) of `text` after `prompt` under the `judge` runtime's model, with
+    its own tokenizer. The prompt is put in the judge's chat template when `chat` and the judge has
+    one; a base model (no template, e.g. Gemma-3-270m) reads the plain prompt. NaN for an empty
+    text."""
     tok = judge.tokenizer
-    ctx = encode_prompts(tok, [prompt], chat=chat)[0]
+    ctx = encode_prompts(tok, [prompt], chat=chat and getattr(tok, "has_chat_template", True))[0]
     cont = tok.encode(text, add_special_tokens=False) if text else []
     if not cont:
         return math.nan
     ids = torch.as_tensor([ctx + cont], dtype=torch.long)
-    logp = torch.log_softmax(judge.model(input_ids=ids).logits[0, :-1].double(), -1)
-    tgt = ids[0, 1:]
-    lp = logp.gather(1, tgt.view(-1, 1)).view(-1)[len(ctx) - 1:]
-    return float(-lp.mean())
+    logits = judge.model(input_ids=ids).logits[0, len(ctx) - 1:-1].float()  # the continuation's rows
+    lp = logits.gather(1, torch.as_tensor(cont).view(-1, 1)).view(-1) - logits.logsumexp(-1)
+    return float(-lp.double().mean())

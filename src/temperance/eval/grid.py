@@ -249,7 +249,7 @@ def load_grid(path: str) -> dict:
     if not isinstance(data, dict):
         raise TemperanceError(f"--grid {path}: the file must be a mapping of options")
     known = {"configs", "temperatures", "samplers", "tasks", "samples", "max_tokens", "chat", "seeds",
-             "model", "out", "text", "positions", "window", "workers", "limit"}
+             "model", "out", "text", "positions", "window", "workers", "limit", "judge"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise TemperanceError(f"--grid {path}: unknown key(s) {', '.join(unknown)}; known: "

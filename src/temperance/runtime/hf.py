@@ -115,10 +115,15 @@ class HFTokenizer:
         """Return the text of `ids` (special tokens such as `<|im_end|>` dropped by default)."""
         return self.tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
+    @property
+    def has_chat_template(self) -> bool:
+        """Does the model ship a chat template (instruct models do; base models often not)?"""
+        return bool(getattr(self.tok, "chat_template", None))
+
     def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
         """Render `[{"role": ..., "content": ...}, ...]` with the model's chat template to ids,
         ending with the assistant prompt so the model answers next."""
-        if not getattr(self.tok, "chat_template", None):
+        if not self.has_chat_template:
             raise ValueError("this tokenizer has no chat template; pass a plain prompt instead")
         ids = self.tok.apply_chat_template(
             messages, add_generation_prompt=add_generation_prompt, tokenize=True, return_dict=False
