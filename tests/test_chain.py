@@ -260,13 +260,21 @@ def test_top_n_sigma_moments_by_blocks_match_the_masked_rule():
 
     tns = importlib.import_module("temperance.ops.top_n_sigma")
 
-    x = _logits(4, 40, 20000)                 # 40 rows: several blocks of 13
+    x = _logits(4, 40, 20000)                 # 40 rows: several blocks of 6
     x[7, ::3] = -INF                          # a masked row in one block only
-    mean, var = tns._moments(x)
-    finite = torch.isfinite(x)
-    count = finite.sum(-1, keepdim=True).float()
-    m = torch.where(finite, x, 0.0).sum(-1, keepdim=True) / count
-    v = (torch.where(finite, x - m, 0.0) ** 2).sum(-1, keepdim=True) / count
+    x[9, 5] = float("nan")                    # (non-finite entries are left out, as -inf)
+    from temperance.ops import _native
+
+    with _native.use(False):
+        mean, var = tns._moments(x)
+    native_mean, native_var = tns._moments(x)  # the kernel: the same sums in another order
+    assert torch.allclose(native_mean, mean, rtol=1e-12, atol=1e-12)
+    assert torch.allclose(native_var, var, rtol=1e-12)
+    xd = x.double()
+    finite = torch.isfinite(xd)
+    count = finite.sum(-1, keepdim=True).double()
+    m = torch.where(finite, xd, 0.0).sum(-1, keepdim=True) / count
+    v = (torch.where(finite, xd - m, 0.0) ** 2).sum(-1, keepdim=True) / count
     assert torch.equal(mean, m) and torch.equal(var, v)
 
 

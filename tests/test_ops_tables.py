@@ -79,6 +79,34 @@ def test_top_n_sigma_population_sigma_over_finite_entries_only():
     assert threshold(x, 1.0)[0, 0].item() == pytest.approx(3 - math.sqrt(1.25), abs=1e-6)
 
 
+def test_top_n_sigma_threshold_is_the_float64_rule_rounded_up():
+    """The threshold is the smallest float32 >= max − n·σ computed in float64, so a logit just
+    below the exact threshold is removed. (A float32 threshold that rounded down onto such a logit
+    kept it at T = 1 but not at T = 0.1: top-nσ's kept set then depended on T at one position in
+    8,192 of SmolLM2's.)"""
+    from temperance.ops.top_n_sigma import threshold
+
+    def exact(x):
+        xd = x.double()
+        return (xd.max() - 1.5 * xd.std(unbiased=False)).item()
+
+    inf = torch.tensor(math.inf)
+    for seed in range(20):
+        x = torch.randn(1, 4000, generator=torch.Generator().manual_seed(seed)) * 3
+        for _ in range(3):  # place x[7] at the largest float32 below the exact threshold
+            t = torch.tensor(exact(x), dtype=torch.float64)
+            r = t.float()
+            x[0, 7] = r if r.double() < t else torch.nextafter(r, -inf)
+        if x[0, 7].double() < exact(x):
+            break
+    t = exact(x)
+    assert x[0, 7].double() < t
+    thr = threshold(x, 1.5)
+    assert thr.dtype == torch.float32
+    assert thr.double().item() >= t > torch.nextafter(thr, -inf).double().item()
+    assert not torch.isfinite(ops.top_n_sigma(x, top_n_sigma=1.5))[0, 7]
+
+
 def test_top_n_sigma_is_temperature_invariant_and_flat_rows_keep_all():
     x = torch.randn(4, 50, generator=torch.Generator().manual_seed(0)) * 3
     sets = [torch.isfinite(ops.top_n_sigma(x / T, top_n_sigma=1.0)) for T in (0.1, 1.0, 10.0)]

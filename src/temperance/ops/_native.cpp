@@ -542,6 +542,33 @@ int64_t temperance_count_ge(const float* x, int64_t B, int64_t V, const double* 
     return nmax;
 }
 
+// Mean and population variance of the finite entries of each row, in float64, two passes
+// (top-nσ's moments; ops/top_n_sigma.py is the reference). The reductions vectorise (omp simd):
+// a fixed order per build, not torch's, so the two agree to ~1e-15, not bit for bit.
+void temperance_moments(const float* x, int64_t B, int64_t V, double* mean, double* var) {
+    for (int64_t r = 0; r < B; ++r) {
+        const float* xr = x + r * V;
+        double sum = 0.0, cnt = 0.0;
+#pragma omp simd reduction(+ : sum, cnt)
+        for (int64_t i = 0; i < V; ++i) {
+            const float v = xr[i];
+            const bool f = std::fabs(v) < FINF;  // finite (NaN fails)
+            sum += f ? (double)v : 0.0;
+            cnt += f ? 1.0 : 0.0;
+        }
+        const double m = sum / cnt;
+        double ss = 0.0;
+#pragma omp simd reduction(+ : ss)
+        for (int64_t i = 0; i < V; ++i) {
+            const float v = xr[i];
+            const double d = (double)v - m;
+            ss += std::fabs(v) < FINF ? d * d : 0.0;
+        }
+        mean[r] = m;
+        var[r] = ss / cnt;
+    }
+}
+
 // Exact statistics of q = softmax(x) per row, for `temperance eval score`. x [B, K] float32 logits
 // (-inf = removed, at least one finite per row); pos[r] the column of the true token, -1 if it is
 // not a candidate. With d_i = x_i - max and w_i = exp(d_i) in float64, z = sum w:

@@ -54,6 +54,7 @@ SIGNATURES = {
     "temperance_topk_dense": (ctypes.c_int, [_P, _I, _I, _P, _P]),
     "temperance_topk_override": (ctypes.c_int, [_P, _I, _I, _P, _I, _I, _P, _P, _P, _P, _P]),
     "temperance_softmax_stats": (ctypes.c_int, [_P, _I, _I, _P, _P, _P]),
+    "temperance_moments": (None, [_P, _I, _I, _P, _P]),
     "temperance_uniform": (None, [_P, _P, _P, _I, _I, _I, _P]),
 }
 
@@ -188,6 +189,14 @@ def at_least(x: Tensor, t: Tensor):
     K = lib().temperance_count_ge(_ptr(x), B, V, _ptr(t), _ptr(n))
     q = torch.full((B,), ALL, dtype=torch.int64)
     return survivors(x, 0, t, t, q, int(K))
+
+
+def moments(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean and population variance of the finite entries of each row, float64 ``[B, 1]`` each."""
+    B, V = x.shape
+    mean, var = torch.empty(B, 1, dtype=torch.float64), torch.empty(B, 1, dtype=torch.float64)
+    lib().temperance_moments(_ptr(x), B, V, _ptr(mean), _ptr(var))
+    return mean, var
 
 
 def softmax_stats(x: Tensor, pos: Tensor, mask: bool = False) -> tuple[Tensor, Tensor | None] | None:

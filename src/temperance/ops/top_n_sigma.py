@@ -19,43 +19,47 @@ import torch
 from torch import Tensor
 
 from ..stage import Knob, Stage
+from . import _native
 from ._common import NEG_INF, check_logits, col, is_neutral, knob
 
 
 def _moments(x: Tensor) -> tuple[Tensor, Tensor]:
-    """Mean and population variance over the finite entries of each row, in x's dtype.
+    """Mean and population variance over the finite entries of each row, in float64 (the native
+    kernel where it runs; this code is the reference).
 
     Blocks of rows small enough that the temporaries stay in cache (a fresh [B, V] temporary per
     op costs more than the arithmetic); a block with no masked entry (raw logits: the usual case)
     skips the mask, with the same arithmetic and so the same bits."""
+    if _native.usable(x):
+        return _native.moments(x)
     B, V = x.shape
-    step = max(1, (1 << 18) // max(V, 1))
+    step = max(1, (1 << 17) // max(V, 1))
     if B > step:
         parts = [_moments(x[i:i + step]) for i in range(0, B, step)]
         return torch.cat([m for m, _ in parts]), torch.cat([v for _, v in parts])
+    xd = x.double()
     if bool((x.amin(-1) > NEG_INF).all()):
-        mean = x.sum(-1, keepdim=True) / V
-        return mean, ((x - mean) ** 2).sum(-1, keepdim=True) / V
-    finite = torch.isfinite(x)
-    count = finite.sum(-1, keepdim=True).to(x.dtype)
-    mean = torch.where(finite, x, 0.0).sum(-1, keepdim=True) / count
-    return mean, (torch.where(finite, x - mean, 0.0) ** 2).sum(-1, keepdim=True) / count
+        mean = xd.sum(-1, keepdim=True) / V
+        return mean, ((xd - mean) ** 2).sum(-1, keepdim=True) / V
+    finite = torch.isfinite(xd)
+    count = finite.sum(-1, keepdim=True).double()
+    mean = torch.where(finite, xd, 0.0).sum(-1, keepdim=True) / count
+    return mean, (torch.where(finite, xd - mean, 0.0) ** 2).sum(-1, keepdim=True) / count
 
 
 def threshold(x: Tensor, top_n_sigma) -> Tensor:
-    """The smallest logit top-nσ keeps, ``[B, 1]`` (``-inf`` for rows with n <= 0).
+    """The smallest logit top-nσ keeps, ``[B, 1]`` in x's dtype (``-inf`` for rows with n <= 0).
 
-    Rows whose moments overflow the dtype (logits near its range), or where n·σ is ∞·0, are
-    redone in float64 (σ = 0: every finite logit equals the max, all are kept)."""
-    n = col(top_n_sigma, x)
-    mean, var = _moments(x)
-    t = x.amax(-1, keepdim=True) - n * var.sqrt()
-    bad = (~torch.isfinite(mean) | ~torch.isfinite(var) | torch.isnan(t)) & (n > 0)
-    if bool(bad.any()):
-        r = bad.view(-1).nonzero().view(-1)
-        sd = _moments(x[r].double())[1].sqrt()
-        spread = torch.where(sd > 0, col(top_n_sigma, x, torch.float64)[r] * sd, 0.0)
-        t[r] = (x[r].amax(-1, keepdim=True).double() - spread).to(x.dtype)
+    Computed in float64 and rounded *up* to x's dtype, so ``x >= threshold`` is exactly the float64
+    test ``x >= max − n·σ``: scaling the logits by 1/T (temperature first) then moves the kept set
+    only where a logit lies within the rounding of x/T itself, not wherever a float32 threshold
+    happens to round onto a logit. σ = 0 (every finite logit equals the max) keeps them all."""
+    n = col(top_n_sigma, x, torch.float64)
+    sd = _moments(x)[1].sqrt()
+    t = x.amax(-1, keepdim=True).double() - torch.where(sd > 0, n * sd, 0.0)  # (no inf·0 = NaN)
+    if x.dtype != torch.float64:
+        r = t.to(x.dtype)
+        t = torch.where(r.double() < t, torch.nextafter(r, torch.full_like(r, math.inf)), r)
     return torch.where(n > 0, t, NEG_INF)
 
 
