@@ -88,7 +88,7 @@ def main() -> None:
     x, y = logits_like_a_model(args.positions)
     block = 256
     print(f"positions {args.positions}, V {x.shape[1]}, threads {args.threads}; ms per position (best of {args.reps})")
-    print(f"{'configuration':<44} {'T':>5} {'ours':>7} {'dense+torch':>12} {'ratio':>6}")
+    print(f"{'configuration':<52} {'T':>5} {'ours':>7} {'dense+torch':>12} {'ratio':>6}")
     tot_ours = tot_base = 0.0
     for cfg in CONFIGS:
         for T in TEMPERATURES:
@@ -105,9 +105,9 @@ def main() -> None:
             tot_ours += t_ours
             tot_base += t_base
             name = ", ".join(f"{k}={v}" for k, v in cfg.items()) or "pure"
-            print(f"{name:<44} {T:>5} {1e3 * t_ours / n:>7.3f} {1e3 * t_base / n:>12.3f} "
+            print(f"{name:<52} {T:>5} {1e3 * t_ours / n:>7.3f} {1e3 * t_base / n:>12.3f} "
                   f"{t_base / t_ours:>5.1f}x")
-    print(f"{'all':<44} {'':>5} {1e3 * tot_ours / args.positions / len(CONFIGS) / len(TEMPERATURES):>7.3f} "
+    print(f"{'all':<52} {'':>5} {1e3 * tot_ours / args.positions / len(CONFIGS) / len(TEMPERATURES):>7.3f} "
           f"{1e3 * tot_base / args.positions / len(CONFIGS) / len(TEMPERATURES):>12.3f} "
           f"{tot_base / tot_ours:>5.1f}x")
 
