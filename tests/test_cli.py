@@ -131,6 +131,19 @@ def test_generate_says_when_it_stopped_at_max_tokens(capsys, tiny):
                                 "(finish reason: length)" for s in (0, 1)]
 
 
+def test_beams_say_when_they_stopped_at_max_tokens(capsys, tiny):
+    # beam sampling (it runs the chain, so the EOS ban applies): every beam runs to the limit
+    code, out, err = run(capsys, "generate", "--beams", "2", "--num-return-sequences", "2", "--beam-sample",
+                         "--seed", "1", "--logit-bias", "2-inf", "--max-tokens", "3", "hello")
+    assert code == 0 and "(length) ---" in out
+    assert err.splitlines() == [f"temperance: prompt 0, sample {s}: stopped at the limit of --max-tokens 3 "
+                                "(finish reason: length)" for s in (0, 1)]
+    code, out, err = run(capsys, "generate", "--beams", "2", "--beam-sample", "--seed", "1", "--json",
+                         "--logit-bias", "2-inf", "--max-tokens", "3", "hello")
+    assert code == 0 and json.loads(out)["finish_reason"] == "length"
+    assert err == "temperance: stopped at the limit of --max-tokens 3 (finish reason: length)\n"
+
+
 def test_generate_no_notice_when_the_model_stops(capsys, tiny):
     stop = tiny.tokenizer.token_texts()[100]                       # token 100 is forced, then stops
     code, out, err = run(capsys, "generate", "--temp", "0", "--max-tokens", "3", "--logit-bias", "2-inf",

@@ -378,6 +378,7 @@ def test_cli_flags_roundtrip():
     lm = ToyLM()
     out = run_search_from_args(a, lm, [[1]], SamplingParams())
     assert len(out) == 1 and len(out[0]) == 2
+    assert all(h.finish_reason in ("stop", "length") and h.tokens for h in out[0])
     with pytest.raises(SystemExit):
         p.parse_args(["--early-stopping", "maybe"])
 

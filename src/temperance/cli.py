@@ -191,10 +191,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from . import mbr, search
 
     if search.search_requested(args):  # beam family / contrastive: whole sequences, no streaming
-        for r, texts in enumerate(search.run_search_from_args(args, runtime, prompts, params)):
-            for s, text in enumerate(texts):
-                print(json.dumps({"request": r, "sample": s, "prompt": prompts[r], "text": text},
-                                 ensure_ascii=False) if args.json else f"--- prompt {r}, sequence {s} ---\n{text}")
+        found = search.run_search_from_args(args, runtime, prompts, params)
+        for r, hyps in enumerate(found):
+            for s, h in enumerate(hyps):
+                print(json.dumps({"request": r, "sample": s, "prompt": prompts[r], "text": h.text,
+                                  "finish_reason": h.finish_reason}, ensure_ascii=False)
+                      if args.json else f"--- prompt {r}, sequence {s} ({h.finish_reason}) ---\n{h.text}")
+        sys.stdout.flush()
+        _finish_notices(found, args, runtime)
         return 0
     kw = dict(max_tokens=args.max_tokens, min_tokens=args.min_tokens, n=args.n,
               stop=tuple(args.stop or ()), chat=args.chat)
@@ -236,7 +240,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _finish_notices(out: list, args: argparse.Namespace, runtime) -> None:
-    """One stderr line for each completion a user would otherwise misread (stdout stays as it is):
+    """One stderr line for each completion (or beam hypothesis: anything with ``tokens`` and
+    ``finish_reason``) a user would otherwise misread (stdout stays as it is):
     the model ended at once (empty output; without `--chat` an instruct model often does), or the
     text was cut at `--max-tokens` or at the model's context (finish reason "length")."""
     eos = getattr(runtime, "eos_token_ids", None) or frozenset()

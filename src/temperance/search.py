@@ -701,8 +701,9 @@ def _constraints(words: Sequence[str] | None, tokenizer: Any) -> tuple:
 
 
 def run_search_from_args(args: argparse.Namespace, runtime: Any, prompts: Sequence[str],
-                         params: SamplingParams) -> list[list[str]]:
-    """Run the search the flags ask for; return `[prompt] -> texts` (num_return_sequences each).
+                         params: SamplingParams) -> list[list[Hypothesis]]:
+    """Run the search the flags ask for; return `[prompt] -> hypotheses` (num_return_sequences
+    each; `.text`, `.tokens`, `.finish_reason`).
 
     `--stop`, `--min-tokens` and the constraint flags (`--json-schema`, `--regex`, `--grammar`,
     `--choices`) apply to beams; `-n > 1` and `--ban-phrases` are errors naming both options."""
@@ -730,7 +731,7 @@ def run_search_from_args(args: argparse.Namespace, runtime: Any, prompts: Sequen
             raise TemperanceError(f"--contrastive does not run the sampler chain, but {', '.join(extra)} "
                                   "is set; only --top-k (its candidates) applies")
         k = getattr(args, "top_k", None) or params.top_k or 4
-        return [[h.text] for h in contrastive_search(runtime, prompts, alpha=args.contrastive,
+        return [[h] for h in contrastive_search(runtime, prompts, alpha=args.contrastive,
                                                       top_k=int(k), max_tokens=max_tokens, chat=chat,
                                                       min_tokens=min_tokens, stop=stop)]
     tokenizer = getattr(runtime, "tokenizer", None)
@@ -742,4 +743,4 @@ def run_search_from_args(args: argparse.Namespace, runtime: Any, prompts: Sequen
         sample=bool(getattr(args, "beam_sample", False)))
     res = beam_search(runtime, prompts, settings, params, max_tokens=max_tokens, chat=chat,
                       min_tokens=min_tokens, stop=stop, constraint=kw.get("constraint"))
-    return [[h.text for h in hyps] for hyps in res]
+    return [list(hyps) for hyps in res]
