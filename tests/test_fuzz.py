@@ -29,6 +29,7 @@ from hypothesis import strategies as st
 from temperance import SAMPLERS, Batch, Chain, SamplingParams, TemperanceError, ops
 from temperance.ops import KNOBS, STAGES
 from temperance.params import parse_samplers
+from test_properties import _illegal, _run  # (the contract's helpers: one definition)
 
 INF, NAN = math.inf, math.nan
 EXAMPLES = int(os.environ.get("TEMPERANCE_FUZZ_EXAMPLES", "120"))  # ~15 s for the whole file
@@ -179,17 +180,6 @@ def params_st(draw, V, mirostat, order, bad=False):
 
 
 LAST: dict = {}  # the last chain case drawn (for a debugger)
-
-
-def _run(f):
-    try:
-        return f()
-    except TemperanceError as e:
-        return e
-
-
-def _illegal(x: torch.Tensor) -> bool:
-    return bool(torch.isnan(x).any() or (x == INF).any() or (~torch.isfinite(x)).all(-1).any())
 
 
 def _check_logits_out(y: torch.Tensor, x: torch.Tensor) -> None:

@@ -34,14 +34,25 @@ class Candidates:
     vocab_size: int
 
     @staticmethod
+    def whole(x: Tensor) -> Candidates:
+        """Every entry of ``x`` ``[B, V]`` (``-inf`` = removed), ids = one ``arange(V)`` shared by
+        all rows: the form for rows where most tokens survive."""
+        B, V = x.shape
+        return Candidates(x, torch.arange(V, device=x.device).expand(B, V), V)
+
+    @property
+    def is_whole(self) -> bool:
+        """Are these all V entries in id order (the `whole` form)?"""
+        return self.ids.shape[1] == self.vocab_size and self.ids.stride(0) == 0
+
+    @staticmethod
     def from_dense(x: Tensor) -> Candidates:
         """Compact the finite entries of ``x`` ``[B, V]`` (all of V if most are finite)."""
-        B, V = x.shape
         if bool((x.amin(-1) > float("-inf")).all()):  # one cheap pass: nothing removed at all
-            return Candidates(x, torch.arange(V, device=x.device).expand(B, V), V)
+            return Candidates.whole(x)
         keep = torch.isfinite(x)
-        if int(keep.sum(-1).max()) * 2 > V:
-            return Candidates(x, torch.arange(V, device=x.device).expand(B, V), V)
+        if int(keep.sum(-1).max()) * 2 > x.shape[1]:
+            return Candidates.whole(x)
         return Candidates.where(x, keep)
 
     @staticmethod
@@ -53,7 +64,7 @@ class Candidates:
         B, W = x.shape
         V = vocab_size or W
         if ids is None and W == V and 2 * int(keep.sum(-1).max()) > W:
-            return Candidates(torch.where(keep, x, float("-inf")), torch.arange(V, device=x.device).expand(B, V), V)
+            return Candidates.whole(torch.where(keep, x, float("-inf")))
         vals, pos = compact(x, keep)
         out = pos if ids is None else ids.gather(1, pos.clamp(max=W - 1))
         return Candidates(vals, torch.where(pos < W, out, V), V)
@@ -76,14 +87,14 @@ class Candidates:
         idx = torch.where(inside, idx, V)
         g = x.gather(1, idx.clamp(max=V - 1))
         keep = inside & (g >= t)
-        if 2 * int(keep.sum(-1).max()) > V:  # most of a row survives: stay dense (see `where`)
-            return Candidates.where(x, x >= t)
+        if 2 * int(keep.sum(-1).max()) > V:  # most of a row survives: stay whole (see `where`)
+            return Candidates.whole(torch.where(x >= t, x, float("-inf")))
         return Candidates.where(g, keep, idx, V)
 
     def into(self, out: Tensor) -> Tensor:
         """Write the candidates densely into ``out`` ``[B, V]`` (``-inf`` everywhere else)."""
         V = self.vocab_size
-        if self.ids.shape[1] == V and self.ids.stride(0) == 0:
+        if self.is_whole:
             return out.copy_(self.logits)
         # padding (id V) is pointed at the row's first entry with that entry's value: a duplicate
         # write of the same value (a row with no entry at all only writes -inf)

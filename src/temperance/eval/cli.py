@@ -233,8 +233,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     opts = _options(args, "generate")
     configs = _configs(args, opts)
     if opts.get("judge"):
-        from .. import models
-        models.check_loadable(opts["judge"])  # before hours of generation, not after
+        from ..cli import check_model_name
+        check_model_name(opts["judge"])  # before hours of generation, not after
     tasks = [t.head(opts.get("limit")) for t in load_tasks(opts["tasks"])]
     jobs, total = plan_generate(args.model, tasks, configs, samples=opts["samples"],
                                 max_tokens=opts["max_tokens"], chat=bool(opts.get("chat")),

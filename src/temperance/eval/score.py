@@ -164,7 +164,7 @@ def _logit_stats(c: Candidates, y: Tensor) -> dict[str, Tensor]:
     The native kernel computes them in one float64 pass per row (and the mask of a dense row on
     the way); the torch code is the reference and runs wherever it does not."""
     V = c.vocab_size
-    dense = c.ids.shape[1] == V and c.ids.stride(0) == 0
+    dense = c.is_whole
     pos = _true_column(c.ids, y, dense)
     r = _native.softmax_stats(c.logits, pos, mask=dense) if _native.usable(c.logits) else None
     if r is not None:
@@ -271,7 +271,7 @@ def _score_mirostat(params: SamplingParams, logits: Tensor, windows: Sequence[Se
         before = stages[-2][1] if len(stages) > 1 else logits[rows]
         x = stages[-1][1]
         y = torch.as_tensor([windows[i][t + 1] for i in live])
-        st = _logit_stats(Candidates(x, torch.arange(x.shape[1]).expand(x.shape), x.shape[1]), y)
+        st = _logit_stats(Candidates.whole(x), y)
         kept = st["_mask"]
         qy = st["accuracy"]
         lp = torch.log(qy.clamp(min=1e-300))

@@ -172,7 +172,7 @@ def survivors(x: Tensor, mode: int, kstar: Tensor, center: Tensor, q: Tensor, K:
               ) -> tuple[Tensor, Tensor]:
     """What a cut keeps, as (vals, ids): compacted to ``[B, K]``, or, when most of some row
     survives (2K > V, a high temperature under min-p or top-p), masked densely with
-    ``ids = arange(V)`` expanded (the form `Candidates.from_dense` uses): compacting would then
+    ``ids = arange(V)`` expanded (`Candidates.whole`'s form): compacting would then
     cost more than every later stage saves."""
     B, V = x.shape
     if 2 * K > V:
